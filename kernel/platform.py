@@ -1,0 +1,119 @@
+"""Where are we running (Kaggle, Colab, local), and where do inputs and outputs live.
+
+Kaggle mounts attached inputs read-only under ``/kaggle/input`` in two layouts that
+both occur today, so paths are found by searching, never by assuming one layout:
+
+* old: ``/kaggle/input/<slug>/...``
+* new: ``/kaggle/input/datasets/<owner>/<slug>/``, ``competitions/<slug>/``,
+  ``notebooks/<owner>/<slug>/``, ``models/<owner>/<model>/<framework>/<variation>/<version>/``
+
+The roots can be moved with ``KERNEL_KAGGLE_INPUT`` and ``KERNEL_KAGGLE_WORKING`` so tests
+can build fake trees.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+from .registry import ConfigError
+
+__all__ = [
+    "detect_platform", "input_root", "working_root", "mounted_roots", "find_in_inputs",
+    "resolve_path", "default_output_dir",
+]
+
+# How deep below the input root a mount's top folder can sit, per layout.
+_LAYOUT_DEPTHS = {"datasets": 2, "notebooks": 2, "competitions": 1, "models": 5}
+
+
+def detect_platform() -> str:
+    """Return ``"kaggle"``, ``"colab"`` or ``"local"``.
+
+    Kaggle's image is built on Colab's, so ``COLAB_RELEASE_TAG`` is set on Kaggle too:
+    Kaggle must be tested first.
+    """
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):
+        return "kaggle"
+    if os.environ.get("COLAB_RELEASE_TAG") or os.environ.get("COLAB_GPU"):
+        return "colab"
+    return "local"
+
+
+def input_root() -> Path:
+    return Path(os.environ.get("KERNEL_KAGGLE_INPUT", "/kaggle/input"))
+
+
+def working_root() -> Path:
+    return Path(os.environ.get("KERNEL_KAGGLE_WORKING", "/kaggle/working"))
+
+
+def mounted_roots(root: Optional[Path] = None) -> List[Path]:
+    """Every mount's top folder under the input root, in both layouts, sorted."""
+    root = input_root() if root is None else root
+    if not root.is_dir():
+        return []
+    found: List[Path] = []
+    for top in sorted(p for p in root.iterdir() if p.is_dir()):
+        depth = _LAYOUT_DEPTHS.get(top.name)
+        if depth is None:  # old layout: /kaggle/input/<slug>
+            found.append(top)
+            continue
+        level = [top]
+        for _ in range(depth):
+            level = sorted(c for p in level for c in p.iterdir() if c.is_dir())
+        found.extend(level)
+        # A dataset whose slug happens to be "models" etc. still counts as an old-layout mount.
+        if not level:
+            found.append(top)
+    return found
+
+
+def _candidates(rel: Path, mounts: List[Path]) -> Iterator[Path]:
+    for mount in mounts:
+        yield mount / rel
+        # A path written as "<slug>/sub/file" (old-layout habit) also matches in the new layout.
+        if rel.parts and rel.parts[0] == mount.name and len(rel.parts) > 1:
+            yield mount / Path(*rel.parts[1:])
+
+
+def find_in_inputs(relpath: str | os.PathLike) -> Optional[Path]:
+    """Find ``relpath`` under any mounted input (old or new layout); None when absent."""
+    rel = Path(relpath)
+    if rel.is_absolute():
+        return rel if rel.exists() else None
+    root = input_root()
+    if (root / rel).exists():
+        return root / rel
+    for cand in _candidates(rel, mounted_roots(root)):
+        if cand.exists():
+            return cand
+    return None
+
+
+def resolve_path(path: Optional[str], option: str) -> Optional[str]:
+    """Return ``path`` as given when it exists; on Kaggle, search the inputs for it.
+
+    Raises ConfigError naming the option, and on Kaggle listing what is mounted.
+    """
+    if path in (None, "", "none", "shapes", "hub"):
+        return path
+    if os.path.exists(path):
+        return path
+    if detect_platform() == "kaggle":
+        found = find_in_inputs(path)
+        if found is not None:
+            return str(found)
+        mounts = [str(m.relative_to(input_root())) for m in mounted_roots()] or ["nothing"]
+        raise ConfigError(
+            f"--{option}: {path!r} not found as given nor under {input_root()} "
+            f"(mounted: {', '.join(mounts)}); attach the dataset to the kernel or fix the path"
+        )
+    raise ConfigError(f"--{option}: {path!r} does not exist; check the path (relative to {os.getcwd()})")
+
+
+def default_output_dir(name: str) -> Path:
+    """``/kaggle/working/<name>`` on Kaggle (kept as output), ``./runs/<name>`` elsewhere."""
+    if detect_platform() == "kaggle":
+        return working_root() / name
+    return Path("runs") / name
