@@ -53,7 +53,7 @@ def load_image(path: str | os.PathLike, in_chans: int = 3) -> np.ndarray:
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             gray = _to_uint8(np.asarray(img))
-            img = Image.fromarray(gray, "L")
+            img = Image.fromarray(gray)
         elif img.mode == "P":  # palette: go through RGBA so transparency is honoured
             img = img.convert("RGBA")
         if in_chans == 1:

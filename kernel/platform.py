@@ -69,12 +69,16 @@ def mounted_roots(root: Optional[Path] = None) -> List[Path]:
     return found
 
 
-def _candidates(rel: Path, mounts: List[Path]) -> Iterator[Path]:
+def _candidates(rel: Path, mounts: List[Path], root: Path) -> Iterator[Path]:
     for mount in mounts:
         yield mount / rel
-        # A path written as "<slug>/sub/file" (old-layout habit) also matches in the new layout.
-        if rel.parts and rel.parts[0] == mount.name and len(rel.parts) > 1:
-            yield mount / Path(*rel.parts[1:])
+        # A path written for the other layout ("<slug>/train" for datasets/<owner>/<slug>/train,
+        # "<model>/pytorch/default/1/w.pth" for models/<owner>/<model>/...) matches by its tail.
+        parts = mount.relative_to(root).parts
+        for k in range(len(parts)):
+            tail = parts[k:]
+            if rel.parts[:len(tail)] == tail and len(rel.parts) > len(tail):
+                yield mount / Path(*rel.parts[len(tail):])
 
 
 def find_in_inputs(relpath: str | os.PathLike) -> Optional[Path]:
@@ -85,7 +89,7 @@ def find_in_inputs(relpath: str | os.PathLike) -> Optional[Path]:
     root = input_root()
     if (root / rel).exists():
         return root / rel
-    for cand in _candidates(rel, mounted_roots(root)):
+    for cand in _candidates(rel, mounted_roots(root), root):
         if cand.exists():
             return cand
     return None

@@ -9,7 +9,8 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the packag
     import os as _os
     import sys as _sys
 
-    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    # sys.path[0] is kernel/ itself, where platform.py would shadow the standard library's.
+    _sys.path[0] = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
     from kernel.train import main as _main
 
     _sys.exit(_main())

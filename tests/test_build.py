@@ -1,0 +1,678 @@
+"""build.py: packing, validation like the official client, and the packed kernel on fake Kaggle/Colab.
+
+Everything is offline. The official ``kaggle`` client is exercised for real with only its network
+layer (``requests.Session.send``) replaced. The packed ``train.py`` runs in subprocesses with a
+fake ``/kaggle`` tree, a socket guard and a site-packages imgaug hidden from import.
+
+What "writes nothing anywhere else" means here (test_kaggle_run): the working directory stays
+empty, the input tree is byte-identical afterwards, TORCH_HOME stays empty, TMPDIR holds no file
+(torch itself may create an empty ``torchinductor_<user>`` folder there) and the script's own
+folder holds only the script. HOME may receive library caches (matplotlib's font
+cache, as on a real Kaggle machine, where HOME is outside /kaggle/working); the test lists what
+it allows there and fails on anything else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from io import BytesIO
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import yaml
+
+import build
+
+ROOT = Path(__file__).resolve().parents[1]
+OWNER = "alice"
+
+TRAIN_CONFIG = {
+    "data": "shapes-png/train",  # relative: found under the Kaggle input mount
+    "model": "resnet10t",
+    "img_size": 32,
+    "epochs": 1,
+    "dry_run": True,
+    "device": "cpu",
+    "workers": 0,
+    "batch_size": 8,
+    "aug_backend": "imgaug",  # proves the vendored imgaug copy is used
+    "resume": "auto",
+    "name": "exp",
+    "loss": "my_losses.py:smooth_ce",  # a user module, embedded as kernel_user.my_losses
+}
+
+USER_LOSSES = '''\
+"""A user loss module, named by the config as my_losses.py:smooth_ce."""
+import torch.nn.functional as F
+
+
+def smooth_ce(logits, target):
+    return F.cross_entropy(logits.float(), target, label_smoothing=0.1)
+
+
+def broken():
+    raise RuntimeError("raised in the user module")  # line 10
+'''
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+def make_project(dst: Path, owner: str = OWNER) -> Path:
+    """A copy of the project (build inputs only) so tests can plant files and edit templates."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "kernel", dst / "kernel", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("kernel-metadata.json", "dataset-metadata.json"):
+        text = (ROOT / name).read_text()
+        (dst / name).write_text(text.replace(build.PLACEHOLDER_OWNER, owner) if owner else text)
+    return dst
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")
+
+
+def write_config(folder: Path, config: Dict, name: str = "run.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_build(project: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python build.py ...` as a user runs it (a subprocess, so exit codes and stderr are real)."""
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import build, pathlib; " \
+           f"sys.exit(build.main(sys.argv[1:], project=pathlib.Path({str(project)!r})))"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd or project, capture_output=True,
+                          text=True, timeout=120)
+
+
+def build_into(project: Path, out: Path, config: Dict | None = None) -> Path:
+    """Build in-process (fast) with an optional config (plus my_losses.py next to it)."""
+    argv = ["--out", str(out)]
+    if config is not None:
+        cfg_dir = project / "configs"
+        (cfg_dir).mkdir(exist_ok=True)
+        (cfg_dir / "my_losses.py").write_text(USER_LOSSES)
+        argv += ["--config", str(write_config(cfg_dir, config))]
+    old = os.getcwd()
+    os.chdir(project)
+    try:
+        assert build.main(argv, project=project) == 0
+    finally:
+        os.chdir(old)
+    return out
+
+
+def tree(folder: Path) -> Dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def digest(folder: Path) -> Dict[str, str]:
+    return {k: hashlib.sha256(v).hexdigest() for k, v in tree(folder).items()} if folder.exists() else {}
+
+
+def write_png_dataset(root: Path, classes=("circle", "square", "triangle"), per_class: int = 8) -> None:
+    """A tiny ImageFolder of PNGs (3 classes) written with PIL."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, size=(24, 24, 3), dtype=np.uint8)
+            img[4 + c * 4:12 + c * 4, 4:20, c] = 255
+            Image.fromarray(img).save(d / f"{name}_{i}.png")
+
+
+# ---------------------------------------------------------------------- 1. the official client
+
+class FakeKaggle:
+    """Stands in for api.kaggle.com behind requests.Session.send; records every request."""
+
+    def __init__(self, dataset_exists: bool = False):
+        self.requests: List[dict] = []
+        self.uploads: Dict[str, bytes] = {}
+        self.dataset_exists = dataset_exists
+        self._pending: List[str] = []
+
+    def send(self, session, request, **kwargs):
+        import requests
+
+        body = request.body
+        if hasattr(body, "read"):
+            body = body.read()
+        if isinstance(body, str):
+            body = body.encode()
+        url = request.url
+        self.requests.append({"method": request.method, "url": url, "body": body or b""})
+        status, payload = 200, {}
+        if url.endswith("/GetDatasetStatus"):
+            status, payload = (200, {"status": "ready"}) if self.dataset_exists else (404, {"message": "not found"})
+        elif url.endswith("/StartBlobUpload"):
+            name = json.loads(body)["name"]
+            self._pending.append(name)
+            payload = {"token": f"tok-{name}", "createUrl": f"https://upload.invalid/{name}"}
+        elif url.startswith("https://upload.invalid/"):
+            self.uploads[url.rsplit("/", 1)[1]] = body or b""
+        elif url.endswith("/SaveKernel"):
+            payload = {"ref": "/code/alice/kernel-train", "url": "https://www.kaggle.com/code/alice/kernel-train",
+                       "versionNumber": 1}
+        elif url.endswith(("/CreateDataset", "/CreateDatasetVersion")):
+            payload = {"ref": "alice/kernel-code", "url": "https://www.kaggle.com/datasets/alice/kernel-code",
+                       "status": "ok"}
+        resp = requests.Response()
+        resp.status_code, resp.url, resp.request = status, url, request
+        resp._content = json.dumps(payload).encode()
+        resp.headers["Content-Type"] = "application/json"
+        return resp
+
+    def json_bodies(self, suffix: str) -> List[dict]:
+        return [json.loads(r["body"]) for r in self.requests if r["url"].endswith(suffix)]
+
+
+@pytest.fixture()
+def kaggle_api(tmp_path, monkeypatch):
+    """A real, authenticated KaggleApi whose network is a FakeKaggle."""
+    import tempfile
+
+    import requests
+
+    cfg, tmp = tmp_path / "kaggle-config", tmp_path / "tmpdir"
+    cfg.mkdir()
+    tmp.mkdir()
+    monkeypatch.delenv("KAGGLE_API_TOKEN", raising=False)
+    monkeypatch.setenv("KAGGLE_USERNAME", OWNER)
+    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(cfg))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kaggle/access_token of the real user is seen
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    fake = FakeKaggle()
+    monkeypatch.setattr(requests.Session, "send", lambda self, request, **kw: fake.send(self, request, **kw))
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api = KaggleApi()
+    api.config_dir = str(cfg)
+    api.authenticate()
+    return api, fake
+
+
+def test_official_client_accepts_the_kernel_push(project, tmp_path, kaggle_api):
+    api, fake = kaggle_api
+    (project / "kernel-metadata.json").write_text(json.dumps({
+        **json.loads((project / "kernel-metadata.json").read_text()),
+        "dataset_sources": ["alice/shapes-png"], "model_sources": ["alice/resnet/pytorch/default/1"]}))
+    out = build_into(project, tmp_path / "dist", TRAIN_CONFIG)
+    result = api.kernels_push(str(out / "kernel"))
+    assert not result.error
+    (sent,) = fake.json_bodies("/SaveKernel")
+    assert sent["slug"] == "alice/kernel-train"
+    assert sent["text"] == (out / "kernel" / "train.py").read_text(encoding="utf-8")
+    assert sent["language"] == "python" and sent["kernelType"] == "script"
+    assert sent["enableGpu"] is True and sent["enableInternet"] is False
+    assert sent["machineShape"] == "NvidiaTeslaT4"
+    assert sent["datasetDataSources"] == ["alice/kernel-code", "alice/shapes-png"]
+    assert sent["kernelDataSources"] == ["alice/kernel-train"]  # resume: auto reads the previous output
+    assert sent["modelDataSources"] == ["alice/resnet/pytorch/default/1"]
+
+
+def test_official_client_accepts_the_dataset(project, tmp_path, kaggle_api):
+    api, fake = kaggle_api
+    out = build_into(project, tmp_path / "dist")
+    result = api.dataset_create_new(str(out / "dataset"), dir_mode="zip", quiet=True)
+    assert not result.error, result.error
+    (created,) = fake.json_bodies("/CreateDataset")
+    assert (created["ownerSlug"], created["slug"], created["licenseName"]) == ("alice", "kernel-code", "other")
+    assert created["isPrivate"] is True
+    assert sorted(fake.uploads) == ["README.md", "kernel.zip", "vendor.zip"]
+    kernel_zip = zipfile.ZipFile(BytesIO(fake.uploads["kernel.zip"])).namelist()
+    assert "train.py" in kernel_zip and "__init__.py" in kernel_zip
+    assert all(n.endswith(".py") for n in kernel_zip)
+    vendor_zip = zipfile.ZipFile(BytesIO(fake.uploads["vendor.zip"])).namelist()
+    assert "imgaug/__init__.py" in vendor_zip and "imgaug/augmenters/geometric.py" in vendor_zip
+    assert not [n for n in vendor_zip if "__pycache__" in n or n.endswith(".pyc")]
+    # And the next version goes through `datasets version` with the same folder.
+    fake.dataset_exists = True
+    result = api.dataset_create_version(str(out / "dataset"), "v2", dir_mode="zip", quiet=True)
+    assert not result.error, result.error
+
+
+# ------------------------------------------------------- 2-3. the packed kernel on Kaggle and Colab
+
+SITECUSTOMIZE = r'''
+"""Test harness: no network, and the site-packages imgaug hidden (as on Kaggle's image)."""
+import atexit, importlib.machinery, os, site, socket, sys
+
+def _blocked(*args, **kwargs):
+    raise OSError("network access blocked by the test")
+
+socket.socket.connect = _blocked
+socket.socket.connect_ex = _blocked
+socket.create_connection = _blocked
+socket.getaddrinfo = _blocked
+
+_SITE = {os.path.realpath(p) for p in site.getsitepackages() + [site.getusersitepackages()]}
+
+
+class _HideSiteImgaug:
+    """Find top-level imgaug on sys.path minus site-packages; everything else as usual."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == "imgaug" and path is None:
+            path = [p for p in sys.path if os.path.realpath(p or ".") not in _SITE]
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+    @classmethod
+    def invalidate_caches(cls):
+        importlib.machinery.PathFinder.invalidate_caches()
+
+    @classmethod
+    def find_distributions(cls, *args, **kwargs):  # importlib.metadata asks the meta-path finders
+        return importlib.machinery.PathFinder.find_distributions(*args, **kwargs)
+
+
+if os.environ.get("TEST_HIDE_IMGAUG") == "1":
+    sys.meta_path[:] = [_HideSiteImgaug if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+
+
+@atexit.register
+def _report():
+    mod = sys.modules.get("imgaug")
+    sys.stderr.write("IMGAUG_FILE=%s\n" % (getattr(mod, "__file__", None),))
+'''
+
+
+def _isolated_env(tmp: Path, **extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("KAGGLE_", "COLAB_", "KERNEL_", "PYTHON")) and k not in ("HOME", "TMPDIR")}
+    for d in ("home", "tmp", "torch-home", "harness"):
+        (tmp / d).mkdir(exist_ok=True)
+    (tmp / "harness" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env.update(HOME=str(tmp / "home"), TMPDIR=str(tmp / "tmp"), TORCH_HOME=str(tmp / "torch-home"),
+               PYTHONPATH=str(tmp / "harness"), PYTHONHASHSEED="0", OMP_NUM_THREADS="2", **extra)
+    return env
+
+
+# Library caches a real Kaggle machine also keeps in HOME (outside /kaggle/working).
+ALLOWED_IN_HOME = re.compile(r"^(\.cache/matplotlib|\.config/matplotlib|\.cache/fontconfig)/")
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> Path:
+    """dist/ built once from TRAIN_CONFIG (module scope: the runs below share it)."""
+    proj = make_project(tmp_path_factory.mktemp("proj"))
+    return build_into(proj, proj / "dist", TRAIN_CONFIG)
+
+
+@pytest.mark.parametrize("layout", ["new", "old"])
+def test_kaggle_run(packed, tmp_path, layout):
+    kaggle = tmp_path / "kaggle"
+    inputs, working, src, cwd = kaggle / "input", kaggle / "working", kaggle / "src", tmp_path / "cwd"
+    code_ds, data_ds = (
+        (inputs / "datasets" / OWNER / "kernel-code", inputs / "datasets" / OWNER / "shapes-png")
+        if layout == "new" else (inputs / "kernel-code", inputs / "shapes-png"))
+    # What Kaggle mounts for the code dataset: the uploaded files, zips unpacked (no metadata file).
+    shutil.copytree(packed / "dataset", code_ds, ignore=shutil.ignore_patterns("dataset-metadata.json"))
+    write_png_dataset(data_ds / "train")
+    for d in (working, src, cwd):
+        d.mkdir(parents=True)
+    shutil.copy(packed / "kernel" / "train.py", src / "script.py")  # Kaggle runs /kaggle/src/script.py
+    before = digest(inputs)
+    env = _isolated_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", COLAB_RELEASE_TAG="also-set-on-kaggle",
+                        KERNEL_KAGGLE_INPUT=str(inputs), KERNEL_KAGGLE_WORKING=str(working), TEST_HIDE_IMGAUG="1")
+    proc = subprocess.run([sys.executable, str(src / "script.py")], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "kernel 0.1.0 (packed train.py; sources sha256" in log and "as built" in log
+    assert f"using the vendored copy in {code_ds / 'vendor'}" in log
+    assert f"IMGAUG_FILE={code_ds / 'vendor' / 'imgaug' / '__init__.py'}" in log
+    run_dir = working / "exp"
+    assert (run_dir / "last.pt").is_file() and (run_dir / "config.yaml").is_file()
+    assert list(run_dir.glob("*.log")) or (run_dir / "metrics.csv").is_file()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["loss"] == "kernel_user.my_losses:smooth_ce" and saved["aug_backend"] == "imgaug"
+    # Nothing anywhere else.
+    assert digest(inputs) == before, "the input tree changed"
+    assert not list(cwd.iterdir()), "files were written to the working directory"
+    assert [p.name for p in src.iterdir()] == ["script.py"]
+    # torch may create an empty cache folder (torchinductor_<user>) in TMPDIR; no file may appear.
+    assert not [p for p in (tmp_path / "tmp").rglob("*") if not p.is_dir()]
+    assert not list((tmp_path / "torch-home").iterdir())
+    home = [p.relative_to(tmp_path / "home").as_posix() for p in (tmp_path / "home").rglob("*") if p.is_file()]
+    assert not [p for p in home if not ALLOWED_IN_HOME.match(p)], home
+
+
+def test_colab_run(packed, tmp_path):
+    cwd = tmp_path / "content"
+    cwd.mkdir()
+    env = _isolated_env(tmp_path, COLAB_RELEASE_TAG="release-colab-20260101")  # imgaug as if pip-installed
+    proc = subprocess.run([sys.executable, str(packed / "kernel" / "train.py"), "--amp", "--dry-run", "--data",
+                           "shapes"], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (cwd / "runs" / "exp" / "last.pt").is_file()
+    saved = yaml.safe_load((cwd / "runs" / "exp" / "config.yaml").read_text())
+    assert saved["data"] == "shapes" and saved["amp"] is True  # flags override the baked config
+    assert saved["model"] == "resnet10t"  # ... which still applies where no flag is given
+    assert sorted(p.name for p in cwd.iterdir()) == ["runs"]
+
+
+# --------------------------------------------------------------------------------- 4. tracebacks
+
+def test_tracebacks_name_the_embedded_module_and_line(packed, tmp_path):
+    decoy = tmp_path / "kernel"  # an unrelated `kernel` package in the cwd must not be imported
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy kernel package was imported')\n")
+    script = packed / "kernel" / "train.py"
+    code = textwrap.dedent(f"""
+        import runpy, sys
+        g = runpy.run_path({str(script)!r}, run_name="packed")   # installs the import hook, runs nothing
+        import kernel.registry, kernel_user.my_losses
+        print("FILE", kernel.registry.__file__)
+        try:
+            kernel_user.my_losses.broken()
+        except RuntimeError:
+            import traceback; traceback.print_exc()
+        sys.excepthook = g["_excepthook"]
+        kernel.registry.parse_kwargs(123)                        # uncaught ConfigError
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=_isolated_env(tmp_path))
+    err = proc.stderr
+    assert proc.returncode == 1 and "decoy" not in err, err
+    assert "FILE kernel/registry.py" in proc.stdout
+    src = (ROOT / "kernel" / "registry.py").read_text().splitlines()
+    line = next(i for i, t in enumerate(src, 1) if "expected 'key=value,...' or a mapping" in t)
+    assert f'File "kernel/registry.py", line {line}, in parse_kwargs' in err, err
+    assert src[line - 1].strip() in err  # the source line itself, from the embedded text
+    assert 'File "kernel_user/my_losses.py", line 10, in broken' in err
+    assert 'raise RuntimeError("raised in the user module")' in err
+
+
+# ----------------------------------------------------------------------------- 5. reproducibility
+
+def test_builds_are_byte_identical(tmp_path):
+    proj = make_project(tmp_path / "p")
+    first = tree(build_into(proj, tmp_path / "a", TRAIN_CONFIG))
+    second = tree(build_into(proj, tmp_path / "b" / "dist", TRAIN_CONFIG))
+    assert first == second
+    (tmp_path / "a" / "kernel" / "stale.txt").write_text("old")  # rebuilding replaces, never merges
+    assert tree(build_into(proj, tmp_path / "a", TRAIN_CONFIG)) == first
+
+
+def test_packed_script_layout_and_size(packed):
+    text = (packed / "kernel" / "train.py").read_text(encoding="utf-8")
+    assert len(text.encode()) < 300_000
+    head = text[:text.index("BUNDLE_VERSION")]
+    baked = yaml.safe_load(re.search(r'CONFIG = r"""(.*?)"""', head, re.S).group(1))
+    assert baked["loss"] == "kernel_user.my_losses:smooth_ce"  # the user spec, rewritten
+    assert baked["data"] == "shapes-png/train" and "kaggle" not in baked
+    for path in sorted((ROOT / "kernel").glob("*.py")):  # every module, as readable source
+        assert f"# ==== kernel/{path.name} " in text
+    assert "base64" not in text and "zipfile" not in text
+    meta = json.loads((packed / "kernel" / "kernel-metadata.json").read_text())
+    assert meta["code_file"] == "train.py" and meta["kernel_type"] == "script" and meta["language"] == "python"
+    names = set(tree(packed / "dataset"))
+    assert {"README.md", "dataset-metadata.json", "kernel/__init__.py", "vendor/imgaug/__init__.py",
+            "vendor/imgaug/DejaVuSans.ttf", "vendor/imgaug/LICENSE"} <= names
+    assert not [n for n in names if "my_losses" in n or "__pycache__" in n or n.endswith(".pyc")]
+
+
+# ----------------------------------------------------------------------------- 6. refusals
+
+SECRET = "s3cr3t-value-that-must-not-leave"
+
+
+def test_secrets_are_never_packed(tmp_path):
+    proj = make_project(tmp_path / "p")
+    for folder in (proj, proj / "kernel", proj / "configs"):
+        folder.mkdir(exist_ok=True)
+        for name in ("kaggle.json", ".env", "access_token", "key.pem"):
+            (folder / name).write_text(json.dumps({"username": "alice", "key": SECRET}))
+    out = build_into(proj, tmp_path / "dist", TRAIN_CONFIG)
+    for rel, data in tree(out).items():
+        assert SECRET.encode() not in data, rel
+        assert not build.is_secret_name(rel.rsplit("/", 1)[-1]), rel
+
+
+def test_a_module_with_a_pasted_api_key_is_refused(tmp_path):
+    proj = make_project(tmp_path / "p")
+    (proj / "kernel" / "settings.py").write_text('CREDS = {"username": "alice", "key": "%s"}\n' % ("ab12" * 8))
+    proc = run_build(proj, "--out", str(tmp_path / "dist"))
+    assert proc.returncode == 2 and "kernel/settings.py: contains what looks like a Kaggle API key" in proc.stderr
+    assert not (tmp_path / "dist").exists()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("kaggle.json:x", "names a credentials file"),
+    ("configs/.env:x", "names a credentials file"),
+    ("missing_module.py:x", "not found"),
+    ("../outside.py:x", "outside the project"),
+    ("notes.txt:x", "not a Python module"),
+])
+def test_config_naming_secrets_or_outside_files_is_refused(tmp_path, spec, message):
+    proj = make_project(tmp_path / "p")
+    (tmp_path / "outside.py").write_text("x = 1\n")
+    (proj / "notes.txt").write_text("x\n")
+    cfg = write_config(proj / "configs", {"loss": spec})
+    proc = run_build(proj, "--config", str(cfg), "--out", str(tmp_path / "dist"))
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "dist").exists()  # validation happens before anything is written
+
+
+def _kernel_meta(**changes):
+    meta = {"id": "alice/kernel-train", "title": "kernel-train", "is_private": True, "enable_gpu": True,
+            "enable_internet": False, "machine_shape": "NvidiaTeslaT4", "dataset_sources": [],
+            "competition_sources": [], "kernel_sources": [], "model_sources": []}
+    meta.update(changes)
+    return meta
+
+
+KERNEL_CASES = [
+    (dict(id="YOUR_KAGGLE_USERNAME/kernel-train"), "id: the owner is still the placeholder"),
+    (dict(id="kernel-train"), "id: 'kernel-train' is not of the form owner/kernel-slug"),
+    (dict(id="alice/kernel-train/3"), "id: 'alice/kernel-train/3' must not contain a version"),
+    (dict(id="alice/a/b/c"), "id: 'alice/a/b/c' is not of the form"),
+    (dict(id="alice/knl"), "id: kernel slug 'knl' is shorter than 5 characters"),
+    (dict(id="alice/Kernel_Train"), "id: slug 'Kernel_Train' must be lowercase"),
+    (dict(id="Alice Smith/kernel-train"), "id: owner 'Alice Smith' is not a Kaggle username"),
+    (dict(id=None), "id: missing"),
+    (dict(title="abc"), "title: 'abc' is shorter than 5 characters"),
+    (dict(title=None), "title: missing"),
+    (dict(language="r"), "language: 'r', but build.py writes a Python script"),
+    (dict(kernel_type="notebook"), "kernel_type: 'notebook', but build.py writes a Python script"),
+    (dict(enable_gpu=1), "enable_gpu: 1 is an integer makes the client raise TypeError"),
+    (dict(is_private="yes"), "is_private: 'yes' is not a boolean; write true or false"),
+    (dict(enable_internet=0), "enable_internet: 0 is an integer"),
+    (dict(machine_shape="NvidiaTeslaT5"), "machine_shape: 'NvidiaTeslaT5' is not a known Kaggle machine"),
+    (dict(machine_shape=""), "machine_shape: empty while enable_gpu is true"),
+    (dict(enable_gpu=False), "machine_shape: 'NvidiaTeslaT4' is a GPU but enable_gpu is false"),
+    (dict(enable_gpu=False, machine_shape="TpuV5E8"), "'TpuV5E8' is a TPU but enable_tpu is not true"),
+    (dict(docker_image_pinning_type="newest"), "docker_image_pinning_type: 'newest' is not 'original' or 'latest'"),
+    (dict(dataset_sources=["shapes-png"]), "dataset_sources: 'shapes-png' is not of the form owner/dataset-slug"),
+    (dict(dataset_sources=["a/b/c/d"]), "dataset_sources: 'a/b/c/d' is not of the form"),
+    (dict(dataset_sources=["alice/shapes/latest"]), "the version must be a number"),
+    (dict(dataset_sources="alice/shapes"), "dataset_sources: must be a list of strings"),
+    (dict(kernel_sources=["alice/abc"]), "kernel_sources: kernel slug 'abc' is shorter than 5"),
+    (dict(kernel_sources=["alice/kernel-train/"]), "has an empty version"),
+    (dict(kernel_sources=["alice"]), "kernel_sources: 'alice' is not of the form"),
+    (dict(model_sources=["alice/resnet/pytorch/default"]), "exactly 4 slashes"),
+    (dict(model_sources=["alice/resnet/pytorch/default/v1"]), "the version must be an integer"),
+    (dict(competition_sources=["kaggle/titanic"]), "competition_sources: 'kaggle/titanic' is not a competition slug"),
+]
+
+
+@pytest.mark.parametrize("changes, message", KERNEL_CASES, ids=[m[:40] for _, m in KERNEL_CASES])
+def test_kernel_metadata_rules(changes, message):
+    problems: List[str] = []
+    build.validate_kernel_metadata({k: v for k, v in _kernel_meta(**changes).items() if v is not None}, problems)
+    assert any(message in p for p in problems), problems
+    assert all(p.startswith("kernel-metadata.json: ") and ";" in p for p in problems)  # field; fix
+
+
+def test_valid_metadata_passes():
+    problems: List[str] = []
+    build.validate_kernel_metadata(_kernel_meta(enable_gpu="true", is_private="False",
+                                                dataset_sources=["alice/shapes-png/2"],
+                                                kernel_sources=["alice/kernel-train/4"]), problems)
+    build.validate_dataset_metadata({"id": "alice/kernel-code", "title": "kernel code bundle",
+                                     "licenses": [{"name": "apache-2.0"}]}, problems)
+    assert problems == []
+
+
+DATASET_CASES = [
+    (dict(id="YOUR_KAGGLE_USERNAME/kernel-code"), "id: the owner is still the placeholder"),
+    (dict(id="alice/kernel-code/2"), "is not of the form owner/dataset-slug (no version)"),
+    (dict(id="alice/code"), "id: slug 'code' has 4 characters; the client needs 6 to 50"),
+    (dict(id="alice/" + "x" * 51), "has 51 characters; the client needs 6 to 50"),
+    (dict(id="alice/INSERT_SLUG_HERE"), "the slug is the client's placeholder"),
+    (dict(id="alice/Kernel_Code"), "must be lowercase"),
+    (dict(title="code"), "title: 'code' has 4 characters; the client needs 6 to 50"),
+    (dict(title="t" * 51), "has 51 characters; the client needs 6 to 50"),
+    (dict(title="INSERT_TITLE_HERE"), "title: the client's placeholder"),
+    (dict(licenses=[]), "licenses: the client needs exactly one license"),
+    (dict(licenses=[{"name": "MIT"}, {"name": "other"}]), "exactly one license"),
+    (dict(licenses=[{"id": "x"}]), "licenses: the license has no name"),
+    (dict(licenses=[{"name": "apache2"}]), "is not a Kaggle license name; did you mean 'apache-2.0'"),
+    (dict(subtitle="too short"), "subtitle: must be 20 to 80 characters"),
+    (dict(resources=[{"path": "x.csv"}]), "resources: not supported"),
+]
+
+
+@pytest.mark.parametrize("changes, message", DATASET_CASES, ids=[m[:40] for _, m in DATASET_CASES])
+def test_dataset_metadata_rules(changes, message):
+    meta = {"id": "alice/kernel-code", "title": "kernel code bundle", "licenses": [{"name": "other"}], **changes}
+    problems: List[str] = []
+    build.validate_dataset_metadata(meta, problems)
+    assert any(message in p for p in problems), problems
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"data": "/home/me/data/train"}, "data: '/home/me/data/train' is a local absolute path"),
+    ({"val_data": "~/val"}, "val_data: '~/val' is a local absolute path"),
+    ({"pretrained": "local-dir:/home/me/weights"}, "pretrained: 'local-dir:/home/me/weights' is a local absolute"),
+    ({"epoch": 3}, "epoch: unknown option (did you mean 'epochs'?)"),
+    ({"pretrained": "hub"}, "pretrained: 'hub' downloads weights, but enable_internet is false"),
+    ({"kaggle": {"dataset_source": ["a/b"]}}, "kaggle.dataset_source: not a kernel-metadata field"),
+])
+def test_config_rules(tmp_path, config, message):
+    proj = make_project(tmp_path / "p")
+    proc = run_build(proj, "--config", str(write_config(proj, config)), "--out", str(tmp_path / "dist"))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_placeholder_owner_fails_with_one_line_each_then_owner_flag_fixes_it(tmp_path):
+    proj = make_project(tmp_path / "p", owner="")
+    proc = run_build(proj, "--out", str(tmp_path / "dist"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 2, proc.stderr
+    assert all(line.startswith("build.py: error: ") and "--owner" in line for line in lines)
+    assert not (tmp_path / "dist").exists()
+    proc = run_build(proj, "--out", str(tmp_path / "dist"), "--owner", "bob")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "dist/kernel/kernel-metadata.json").read_text())["id"] == "bob/kernel-train"
+    for cmd in ("kaggle datasets create -p", "--dir-mode zip", "kaggle datasets version -p",
+                "kaggle kernels push -p", "kaggle kernels status bob/kernel-train",
+                "kaggle kernels output bob/kernel-train -p"):
+        assert cmd in proc.stdout
+
+
+def test_out_dir_that_would_overwrite_sources_is_refused(tmp_path):
+    proj = make_project(tmp_path / "p")
+    proc = run_build(proj, "--out", ".")
+    assert proc.returncode == 2 and "would overwrite" in proc.stderr
+    assert (proj / "kernel" / "train.py").is_file()
+
+
+def test_kaggle_section_merges_sources(tmp_path):
+    proj = make_project(tmp_path / "p")
+    cfg = {"data": "shapes-png/train", "kaggle": {"dataset_sources": ["alice/shapes-png"],
+                                                  "competition_sources": ["titanic"], "enable_internet": True}}
+    build_into(proj, tmp_path / "dist", cfg)
+    meta = json.loads((tmp_path / "dist/kernel/kernel-metadata.json").read_text())
+    assert meta["dataset_sources"] == ["alice/kernel-code", "alice/shapes-png"]
+    assert meta["competition_sources"] == ["titanic"] and meta["enable_internet"] is True
+    assert meta["kernel_sources"] == []  # no resume: auto
+
+
+# ----------------------------------------------------------------------------------- --push
+
+FAKE_CLI = r'''#!{python}
+import json, os, sys
+state = os.environ["FAKE_STATE"]
+calls = json.load(open(state)) if os.path.exists(state) else []
+calls.append(sys.argv[1:])
+json.dump(calls, open(state, "w"))
+if sys.argv[1:3] == ["datasets", "status"]:
+    created = any(c[:2] in (["datasets", "create"], ["datasets", "version"]) for c in calls)
+    exists = os.environ.get("FAKE_EXISTS") == "1"
+    print("ready" if (created or exists) else "404 Client Error: Not Found", file=sys.stdout)
+    sys.exit(0 if (created or exists) else 1)
+print("ok")
+'''
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_push_runs_the_cli_steps(tmp_path, monkeypatch, exists):
+    proj = make_project(tmp_path / "p")
+    cli = tmp_path / "kaggle"
+    cli.write_text(FAKE_CLI.format(python=sys.executable))
+    cli.chmod(0o755)
+    env = dict(KERNEL_KAGGLE_CLI=str(cli), FAKE_STATE=str(tmp_path / "calls.json"), FAKE_EXISTS=str(int(exists)),
+               KAGGLE_USERNAME="alice", KAGGLE_KEY="0" * 32)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    proc = run_build(proj, "--out", str(tmp_path / "dist"), "--push", "-m", "v2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = json.loads((tmp_path / "calls.json").read_text())
+    ds, kn = str(tmp_path / "dist" / "dataset"), str(tmp_path / "dist" / "kernel")
+    upload = (["datasets", "version", "-p", ds, "--dir-mode", "zip", "-m", "v2"] if exists
+              else ["datasets", "create", "-p", ds, "--dir-mode", "zip"])
+    assert calls == [["datasets", "status", "alice/kernel-code"], upload,
+                     ["datasets", "status", "alice/kernel-code"], ["kernels", "push", "-p", kn]]
+
+
+def test_push_without_cli_or_credentials_says_so(tmp_path, monkeypatch, capsys):
+    proj = make_project(tmp_path / "p")
+    for k in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setenv("KERNEL_KAGGLE_CLI", sys.executable)  # "installed", but no credentials anywhere
+    assert build.main(["--out", str(tmp_path / "dist"), "--push"], project=proj) == 2
+    err = capsys.readouterr().err
+    assert "no Kaggle credentials" in err and "kaggle.com/settings/api" in err
+    # No CLI at all: not on PATH, not importable.
+    monkeypatch.delenv("KERNEL_KAGGLE_CLI")
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "kaggle" else real_find_spec(n, *a))
+    assert build.main(["--out", str(tmp_path / "dist"), "--push"], project=proj) == 2
+    err = capsys.readouterr().err
+    assert "the kaggle CLI is not installed; `pip install kaggle`" in err and "Traceback" not in err
+
+
+def test_user_module_by_absolute_path_inside_the_project_is_embedded(tmp_path):
+    proj = make_project(tmp_path / "p")
+    (proj / "losses_dir").mkdir()
+    (proj / "losses_dir" / "my_losses.py").write_text(USER_LOSSES)
+    cfg = {"loss": f"{proj / 'losses_dir' / 'my_losses.py'}:smooth_ce", "data": "shapes"}
+    build_into(proj, tmp_path / "dist", cfg)
+    text = (tmp_path / "dist" / "kernel" / "train.py").read_text()
+    assert "loss: kernel_user.my_losses:smooth_ce" in text and str(proj) not in text

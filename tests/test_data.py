@@ -1,0 +1,88 @@
+"""Data: odd image modes, ImageFolder and CSV sources (multi-label too), stratified splits."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from kernel.data import CsvSource, FolderSource, build_sources, load_image, stratified_split
+from kernel.registry import ConfigError
+from kernel.shapes import SHAPE_CLASSES, ShapesSource
+
+
+def _odd_images():
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    return {
+        "1": Image.fromarray(rgb[..., 0] > 127),
+        "L": Image.fromarray(rgb[..., 0]),
+        "LA": Image.fromarray(rgb[..., 0]).convert("LA"),
+        "P": Image.fromarray(rgb).convert("P"),
+        "RGBA": Image.fromarray(rgb).convert("RGBA"),
+        "CMYK": Image.fromarray(rgb).convert("CMYK"),
+        "I;16": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+        "I": Image.fromarray(rgb[..., 0].astype(np.int32) * 257),
+        "F": Image.fromarray(rgb[..., 0].astype(np.float32) / 255),
+    }
+
+
+@pytest.mark.parametrize("mode", list(_odd_images()))
+@pytest.mark.parametrize("in_chans", [1, 3, 4, 5])
+def test_odd_modes_load_as_uint8_with_in_chans(tmp_path, mode, in_chans):
+    img = _odd_images()[mode]
+    ext = ".tif" if mode in ("I;16", "I", "F", "CMYK") else ".png"
+    path = tmp_path / f"x{ext}"
+    img.save(path)
+    arr = load_image(path, in_chans)
+    assert arr.dtype == np.uint8 and arr.shape == (6, 5, in_chans)
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000)
+    Image.fromarray(ramp).save(tmp_path / "r.png")
+    arr = load_image(tmp_path / "r.png", 1)[..., 0]
+    expected = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(arr, expected)  # a clip to 255 would saturate most pixels
+
+
+def test_shapes_are_deterministic_with_masks():
+    a, b = ShapesSource(8, seed=3), ShapesSource(8, seed=3)
+    for i in range(8):
+        ia, la, ma = a[i]
+        ib, lb, mb = b[i]
+        assert np.array_equal(ia, ib) and la == lb == i % 4
+        assert set(np.unique(ma)) == {0, la + 1}
+    assert not np.array_equal(ShapesSource(1, seed=4)[0][0], a[0][0])
+
+
+def test_folder_and_csv_sources(shapes_dir):
+    folder = FolderSource(str(shapes_dir / "train"))
+    assert folder.classes == sorted(SHAPE_CLASSES) and len(folder) == 240
+    csv = CsvSource(str(shapes_dir / "train.csv"), str(shapes_dir / "images"))  # ids lack ".png"
+    assert sorted(csv.classes) == sorted(SHAPE_CLASSES) and len(csv) == 240 and not csv.multilabel
+    img, target, _ = csv[0]
+    assert img.shape == (32, 32, 3) and csv.classes[target] == "circle"
+
+
+def test_multilabel_csv(tmp_path):
+    for i in range(4):
+        Image.fromarray(np.full((4, 4, 3), i * 40, np.uint8)).save(tmp_path / f"im{i}.jpg")
+    (tmp_path / "labels.csv").write_text("image,tags\nim0,cat dog\nim1,dog\nim2.jpg,bird cat\nim3,cat\n")
+    src = CsvSource(str(tmp_path / "labels.csv"), str(tmp_path))
+    assert src.multilabel and src.classes == ["bird", "cat", "dog"]
+    assert src[0][1].tolist() == [0.0, 1.0, 1.0]
+    assert src[2][1].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_stratified_split_is_seeded_and_balanced():
+    targets = [i % 4 for i in range(100)]
+    tr, va = stratified_split(targets, 0.2, seed=1)
+    assert len(va) == 20 and sorted(tr + va) == list(range(100))
+    assert [sum(targets[i] == c for i in va) for c in range(4)] == [5, 5, 5, 5]
+    assert stratified_split(targets, 0.2, seed=1) == (tr, va)
+    assert stratified_split(targets, 0.2, seed=2) != (tr, va)
+
+
+def test_missing_data_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--data"):
+        build_sources(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no class folders"):
+        build_sources(str(tmp_path / "empty"))

@@ -1,0 +1,91 @@
+"""Options: one dataclass of defaults; precedence defaults < baked < file < flags; one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kernel.options import Options, build_parser, parse_options, save_config
+from kernel.registry import ConfigError
+
+
+def test_defaults_come_from_the_dataclass():
+    assert parse_options([]) == Options()
+
+
+def test_precedence_defaults_baked_file_flags(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("epochs: 7\nlr: 0.05\nbatch-size: 12\n")
+    baked = {"epochs": 3, "lr": 0.2, "name": "baked", "model": "resnet10t"}
+    o = parse_options(["--config", str(cfg), "--lr", "0.01"], baked=baked)
+    assert o.lr == 0.01            # flag beats file
+    assert o.epochs == 7           # file beats baked
+    assert o.batch_size == 12      # file beats default
+    assert o.name == "baked"       # baked beats default
+    assert o.model == "resnet10t"
+    assert o.seed == Options().seed  # untouched default
+
+
+def test_json_config_and_aliases(tmp_path):
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"workers": 0, "amp": True}))
+    o = parse_options(["--config", str(cfg), "--niter", "4", "--cuda"])
+    assert (o.workers, o.amp, o.epochs, o.device) == (0, True, 4, "cuda")
+    assert parse_options(["--config", str(cfg), "--no-amp"]).amp is False
+
+
+def test_resolved_config_round_trips(tmp_path):
+    o = parse_options(["--epochs", "3", "--loss", "focal", "--loss-kwargs", "gamma=2"])
+    save_config(o, tmp_path / "config.yaml")
+    again = parse_options(["--config", str(tmp_path / "config.yaml")])
+    assert again.epochs == 3 and again.loss == "focal" and again.loss_kwargs == "gamma=2"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--epochs", "x"], ["--epochs", "invalid int value"]),
+    (["--sched", "cosin"], ["--sched", "did you mean 'cosine'"]),
+    (["--opt", "adamw2"], ["--opt", "adamw"]),
+    (["--epochs", "0"], ["--epochs", ">= 1"]),
+    (["--val-split", "1.5"], ["--val-split"]),
+    (["--bogus"], ["unrecognized arguments"]),
+])
+def test_bad_flags_are_one_clear_line(argv, words):
+    with pytest.raises(ConfigError) as e:
+        parse_options(argv)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+@pytest.mark.parametrize("text, words", [
+    ("epoch: 3\n", ["unknown option 'epoch'", "did you mean 'epochs'"]),
+    ("epochs: three\n", ["--epochs must be an integer"]),
+    ("amp: 1\n", ["--amp must be true or false"]),
+    ("sched: cosin\n", ["did you mean 'cosine'"]),
+    ("- a\n- b\n", ["must hold a mapping"]),
+    ("epochs: [\n", ["cannot parse"]),
+])
+def test_bad_config_files(tmp_path, text, words):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        parse_options(["--config", str(cfg)])
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_choices_come_from_registries():
+    from kernel.augment import PRESETS
+    from kernel.scheduler import SCHEDULERS
+
+    actions = {a.dest: a for a in build_parser()._actions}
+    assert list(actions["sched"].choices) == SCHEDULERS.names()
+    assert list(actions["aug"].choices) == list(PRESETS)
+
+
+def test_help_lists_groups():
+    out = subprocess.run([sys.executable, "-m", "kernel.train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for group in ("data:", "model:", "optimization:", "--list-models"):
+        assert group in out.stdout

@@ -1,0 +1,134 @@
+"""End to end: the demo, learning on real files, exact resume after SIGKILL, one-line errors."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernel.shapes import write_shapes
+from kernel.train import main
+
+from conftest import ROOT, small_args
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+
+
+def _metrics(run_dir: Path):
+    with open(run_dir / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_demo_dry_run_writes_every_output(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "kernel.train", "--dry-run", "--output", str(tmp_path)],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "exp"
+    for name in ("last.pt", "best.pt", "model.safetensors", "metrics.csv", "summary.json", "config.yaml",
+                 "train.log", "classes.json"):
+        assert (run / name).is_file(), name
+    assert f"outputs in {run.resolve()}" in out.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"best_metric", "best_epoch", "monitor", "epochs_run", "device", "amp_dtype", "wall_time"} <= set(summary)
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "lr", "train_loss", "val_loss", "val_acc", "epoch_time", "img_per_s"} <= set(header)
+    ckpt = torch.load(run / "last.pt", weights_only=True)  # tensors and builtins only
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+
+
+def test_script_form_runs(tmp_path):
+    out = subprocess.run([sys.executable, "kernel/train.py", "--list-models", "tv:resnet1*"], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "tv:resnet18" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def shapes480(tmp_path_factory):
+    return write_shapes(tmp_path_factory.mktemp("s480"), n=480, seed=0, size=32)
+
+
+LEARN = ["--epochs", "10", "--batch-size", "32", "--lr", "0.003", "--aug", "none", "--seed", "0"]
+
+
+def test_learns_shapes_from_png_imagefolder(tmp_path, shapes480):
+    assert main(small_args(tmp_path, "--data", str(shapes480 / "train"), "--name", "folder", *LEARN)) == 0
+    summary = json.loads((tmp_path / "folder" / "summary.json").read_text())
+    assert summary["best_metric"] >= 90.0, summary
+
+
+def test_learns_shapes_from_csv(tmp_path, shapes480):
+    args = ["--data", str(shapes480), "--csv", "train.csv", "--image-dir", "images", "--name", "csv", *LEARN]
+    assert main(small_args(tmp_path, *args)) == 0
+    summary = json.loads((tmp_path / "csv" / "summary.json").read_text())
+    assert summary["best_metric"] >= 90.0, summary
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, shapes480):
+    base = [sys.executable, "-m", "kernel.train", "--data", str(shapes480 / "train"), "--model", "resnet10t",
+            "--img-size", "32", "--epochs", "4", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+            "--deterministic", "--aug", "light", "--warmup-steps", "5", "--output", str(tmp_path)]
+    full = subprocess.run(base + ["--name", "full"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+
+    proc = subprocess.Popen(base + ["--name", "cut"], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "cut" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:  # header + epochs 1, 2
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"]
+    assert 2 <= done_at_kill < 4, "the kill must land mid-run"
+
+    resumed = subprocess.run(base + ["--name", "cut", "--resume", "auto"], env=ENV, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from" in resumed.stderr
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [r["train_loss"] for r in _metrics(tmp_path / "full")] == [r["train_loss"] for r in _metrics(tmp_path / "cut")]
+
+
+def test_unfreeze_at_epoch(tmp_path, shapes480):
+    args = small_args(tmp_path, "--data", str(shapes480 / "train"), "--epochs", "2", "--freeze", "backbone",
+                      "--unfreeze-at", "2", "--name", "freeze", "--aug", "none")
+    assert main(args) == 0
+    log = (tmp_path / "freeze" / "train.log").read_text()
+    assert "0.00M trainable" in log and "epoch 2: backbone unfrozen" in log
+    assert main(args[:-4] + ["--unfreeze-at", "0", "--name", "frozen", "--aug", "none"]) == 0
+    # With the backbone frozen throughout, its weights never move; the head's do.
+    from kernel.finetune import create_model
+    torch.manual_seed(42)
+    init = create_model("resnet10t", 4).state_dict()
+    final = torch.load(tmp_path / "frozen" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(final["layer1.0.conv1.weight"], init["layer1.0.conv1.weight"])
+    assert not torch.equal(final["fc.weight"], init["fc.weight"])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--model", "resnet18x"], ["--model", "did you mean 'resnet18'"]),
+    (["--data", "no/such/dir"], ["--data", "no/such/dir"]),
+    (["--epochs", "ten"], ["--epochs", "invalid int value"]),
+    (["--sched", "cosinee"], ["--sched", "cosine"]),
+    (["--loss", "dicee"], ["loss", "dice"]),
+])
+def test_user_errors_are_one_line_without_traceback(tmp_path, argv, words):
+    out = subprocess.run([sys.executable, "-m", "kernel.train", "--dry-run", "--output", str(tmp_path), *argv],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    for w in words:
+        assert w in lines[0]
