@@ -197,6 +197,8 @@ def _check(values: Dict[str, Any], source: str) -> Dict[str, Any]:
     out = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
+        if name == "kaggle":  # build.py's section of kernel-metadata overrides; not a run option
+            continue
         if name not in _FIELDS or name == "config":
             hint = closest(name, list(_FIELDS))
             hint = f"; did you mean {hint!r}?" if hint else ""

@@ -148,7 +148,7 @@ def run(opts: Options) -> Dict[str, Any]:
     if split.multilabel and loss_spec == "ce":
         log.warning("multi-label data: using --loss bce instead of ce (pass --loss to choose another)")
         loss_spec = "bce"
-    loss_fn = create_loss(loss_spec, **parse_kwargs(opts.loss_kwargs, "loss-kwargs"))
+    loss_fn = create_loss(loss_spec, **parse_kwargs(opts.loss_kwargs, "loss-kwargs")).to(device)
     optimizer = create_optimizer(opts.opt, param_groups(model, opts.weight_decay, opts.backbone_lr_mult),
                                  opts.lr, opts.momentum)
     steps_per_epoch = math.ceil(len(train_loader) / opts.accum_steps)
