@@ -109,7 +109,7 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         if not torch.is_tensor(loss) or loss.ndim != 0:
             raise TypeError(f"the loss must return a scalar tensor, got {type(loss).__name__} "
                             f"{tuple(getattr(loss, 'shape', ()))}")
-        scaled = loss / group_size
+        scaled = loss / group_size if group_size > 1 else loss
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss_sum += loss.detach().float() * images.shape[0]
         correct += accuracy(logits.detach(), targets)
