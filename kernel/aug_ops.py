@@ -21,6 +21,7 @@ import numpy as np
 from .registry import ConfigError, Registry
 
 __all__ = ["OpInfo", "IMGAUG_OPS", "TORCHVISION_OPS", "AUTOMATIC_OPS", "build_ops", "split_entry", "op_names", "describe",
+           "preset_ops", "check_names",
            "add_gaussian_noise"]
 
 
@@ -179,6 +180,17 @@ def op_names(ops: Any, where: str = "augmentation") -> List[str]:
     return names
 
 
+def check_names(names: Sequence[str], backend: str, where: str = "augmentation") -> None:
+    """ConfigError for ToTensor/Normalize (always appended) and for names unknown to ``backend``."""
+    for n in names:
+        if n in AUTOMATIC_OPS:
+            raise ConfigError(f"{where}: {n!r} is added automatically at the end of every pipeline "
+                              "(to tensor + normalize with the model's mean/std); remove it from the list")
+    registry = IMGAUG_OPS if backend == "imgaug" else TORCHVISION_OPS
+    for n in names:
+        registry.canonical(n)  # unknown op -> ConfigError with the known names and the closest match
+
+
 def _as_list(ops: Any, where: str) -> List[Any]:
     if ops is None:
         return []
@@ -238,9 +250,7 @@ def build_ops(ops: Any, backend: str, *, img_size: int, in_chans: int, where: st
     out = []
     for entry in _as_list(ops, where):
         name, args = split_entry(entry, where)
-        if name in AUTOMATIC_OPS:
-            raise ConfigError(f"{where}: {name!r} is added automatically at the end of every pipeline "
-                              "(to tensor + normalize with the model's mean/std); remove it from the list")
+        check_names([name], backend, where)
         info = registry.get(name)  # ConfigError with known names + closest match
         name = registry.canonical(name)
         if info.channels is not None and in_chans not in info.channels:
@@ -275,6 +285,44 @@ def build_ops(ops: Any, backend: str, *, img_size: int, in_chans: int, where: st
             raise ConfigError(f"{where}: op {name!r} rejected its arguments {args!r}: {type(e).__name__}: {e}; "
                               f"example: {example!r}") from None
     return out
+
+
+def preset_ops(preset: str, backend: str) -> List[Any]:
+    """The op list of a training preset for ``backend`` ("imgaug" | "torchvision").
+
+    Crops default to the output size S; colour ops are dropped later for non-RGB inputs.
+    """
+    if preset == "none":
+        return []
+    if backend == "imgaug":
+        flip = {"Fliplr": {"p": 0.5}}
+        if preset == "light":
+            return [flip, "CropToFixedSize"]
+        if preset == "default":  # the notes' Sequential: flip, Affine rotate, crop, Gaussian noise
+            return [flip, {"Affine": {"rotate": [-15, 15]}}, "CropToFixedSize", {"GaussianNoise": {"sigma": [0, 0.04]}}]
+        return [flip, {"Flipud": {"p": 0.2}},
+                {"Affine": {"rotate": [-25, 25], "scale": [0.85, 1.15], "shear": [-8, 8],
+                            "translate_percent": {"x": [-0.06, 0.06], "y": [-0.06, 0.06]}}},
+                "CropToFixedSize",
+                {"Sometimes": {"p": 0.5, "then": [{"GaussianBlur": {"sigma": [0, 1.0]}}],
+                               "else": [{"GaussianNoise": {"sigma": [0, 0.05]}}]}},
+                {"Multiply": {"mul": [0.8, 1.2]}}, {"LinearContrast": {"alpha": [0.8, 1.2]}},
+                {"AddToHueAndSaturation": {"value": [-15, 15]}},
+                {"Sometimes": {"p": 0.1, "then": [{"Grayscale": {"alpha": 1.0}}]}}]
+    flip = "RandomHorizontalFlip"
+    if preset == "light":
+        return [flip, "RandomCrop"]
+    if preset == "default":
+        return [flip, {"RandomRotation": {"degrees": 15, "interpolation": "bilinear"}}, "RandomCrop",
+                {"GaussianNoise": {"sigma": [0, 0.04]}}]
+    return [flip, {"RandomVerticalFlip": {"p": 0.2}},
+            {"RandomAffine": {"degrees": 25, "translate": [0.06, 0.06], "scale": [0.85, 1.15], "shear": 8,
+                              "interpolation": "bilinear"}},
+            "RandomCrop",
+            {"RandomChoice": {"transforms": [{"GaussianBlur": {"kernel_size": 5, "sigma": [0.1, 1.0]}},
+                                             {"GaussianNoise": {"sigma": [0, 0.05]}}]}},
+            {"ColorJitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.03}},
+            {"RandomGrayscale": {"p": 0.1}}]
 
 
 # ----------------------------------------------------------------------------------------------------

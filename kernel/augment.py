@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import random
 import sys
+import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from . import imgaug_compat
-from .aug_ops import IMGAUG_OPS, TORCHVISION_OPS, build_ops, describe, op_names
+from .aug_ops import IMGAUG_OPS, TORCHVISION_OPS, build_ops, check_names, describe, op_names, preset_ops
 from .registry import ConfigError, Registry
 
 __all__ = ["PRESETS", "BACKENDS", "build_transform", "preset_ops", "AugmentTransform", "augment_batch",
@@ -41,44 +43,6 @@ def _warn_once(key: str, msg: str) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
         _log.warning(msg)
-
-
-def preset_ops(preset: str, backend: str) -> List[Any]:
-    """The op list of a training preset for ``backend`` ("imgaug" | "torchvision").
-
-    Crops default to the output size S; colour ops are dropped later for non-RGB inputs.
-    """
-    if preset == "none":
-        return []
-    if backend == "imgaug":
-        flip = {"Fliplr": {"p": 0.5}}
-        if preset == "light":
-            return [flip, "CropToFixedSize"]
-        if preset == "default":  # the notes' Sequential: flip, Affine rotate, crop, Gaussian noise
-            return [flip, {"Affine": {"rotate": [-15, 15]}}, "CropToFixedSize", {"GaussianNoise": {"sigma": [0, 0.04]}}]
-        return [flip, {"Flipud": {"p": 0.2}},
-                {"Affine": {"rotate": [-25, 25], "scale": [0.85, 1.15], "shear": [-8, 8],
-                            "translate_percent": {"x": [-0.06, 0.06], "y": [-0.06, 0.06]}}},
-                "CropToFixedSize",
-                {"Sometimes": {"p": 0.5, "then": [{"GaussianBlur": {"sigma": [0, 1.0]}}],
-                               "else": [{"GaussianNoise": {"sigma": [0, 0.05]}}]}},
-                {"Multiply": {"mul": [0.8, 1.2]}}, {"LinearContrast": {"alpha": [0.8, 1.2]}},
-                {"AddToHueAndSaturation": {"value": [-15, 15]}},
-                {"Sometimes": {"p": 0.1, "then": [{"Grayscale": {"alpha": 1.0}}]}}]
-    flip = "RandomHorizontalFlip"
-    if preset == "light":
-        return [flip, "RandomCrop"]
-    if preset == "default":
-        return [flip, {"RandomRotation": {"degrees": 15, "interpolation": "bilinear"}}, "RandomCrop",
-                {"GaussianNoise": {"sigma": [0, 0.04]}}]
-    return [flip, {"RandomVerticalFlip": {"p": 0.2}},
-            {"RandomAffine": {"degrees": 25, "translate": [0.06, 0.06], "scale": [0.85, 1.15], "shear": 8,
-                              "interpolation": "bilinear"}},
-            "RandomCrop",
-            {"RandomChoice": {"transforms": [{"GaussianBlur": {"kernel_size": 5, "sigma": [0.1, 1.0]}},
-                                             {"GaussianNoise": {"sigma": [0, 0.05]}}]}},
-            {"ColorJitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.03}},
-            {"RandomGrayscale": {"p": 0.1}}]
 
 
 def _channel_stats(values: Sequence[float], in_chans: int, what: str) -> Tuple[float, ...]:
@@ -123,6 +87,7 @@ class AugmentTransform:
         bias = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(-1, 1, 1)
         state = {"scale": scale, "bias": bias, "pipe": None}
         if self.backend != "none":
+            _quiet_library_warnings()
             skipped: List[str] = []
             built = build_ops(self.ops, self.backend, img_size=self.img_size, in_chans=self.in_chans, skipped=skipped)
             if skipped and self.warn_skips:
@@ -203,6 +168,21 @@ class AugmentTransform:
         return out, torch.from_numpy(np.ascontiguousarray(mask[top:top + s, left:left + s])).long()
 
 
+def _quiet_library_warnings() -> None:
+    """Silence per-call warnings from library internals we cannot act on (once per process).
+
+    skimage>=0.26 FutureWarnings inside imgaug's PiecewiseAffine, imageio's ``pilmode`` notice in
+    JpegCompression, and v2.RandomErasing announcing that it leaves masks alone (intended here:
+    erasing is photometric, like Cutout) would otherwise print once per sample.
+    """
+    if "filters" in _WARNED:
+        return
+    _WARNED.add("filters")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"imgaug\.")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(imgaug|imageio)\.")
+    warnings.filterwarnings("ignore", message=r"RandomErasing\(\) is currently passing through", category=UserWarning)
+
+
 def _resize_shorter(image: np.ndarray, mask: Optional[np.ndarray], size: int, interp: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     import cv2
 
@@ -210,12 +190,16 @@ def _resize_shorter(image: np.ndarray, mask: Optional[np.ndarray], size: int, in
     scale = size / min(h, w)
     if scale == 1.0:
         return image, mask
+    image = np.ascontiguousarray(image)  # e.g. a flipped view (negative strides) from the loader
     new = (max(size, int(round(w * scale))), max(size, int(round(h * scale))))  # cv2 wants (W, H)
     # plain bilinear/bicubic alias when shrinking by > 2x; INTER_AREA is cv2's antialiased downscale
     flag = cv2.INTER_AREA if scale < 0.5 and interp in (1, 2) else interp
     out = cv2.resize(image, new, interpolation=flag).reshape(new[1], new[0], image.shape[2])
     if mask is not None:
-        mask = cv2.resize(mask, new, interpolation=cv2.INTER_NEAREST)
+        # INTER_NEAREST samples at floor(x * scale), shifted up to a pixel against the bilinear
+        # image; INTER_NEAREST_EXACT (OpenCV >= 4.5.1) uses pixel centers like INTER_LINEAR
+        mask = cv2.resize(np.ascontiguousarray(mask), new,
+                          interpolation=getattr(cv2, "INTER_NEAREST_EXACT", cv2.INTER_NEAREST))
     return out, mask
 
 
@@ -267,7 +251,7 @@ def _imgaug_call(state: dict, images: List[np.ndarray], masks: Optional[List[np.
         if m.shape != img.shape[:2]:  # defensive: imgaug keeps them equal for every op we register
             import cv2
 
-            m = cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+            m = cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=getattr(cv2, "INTER_NEAREST_EXACT", 0))
         out.append((img, m))
     return out
 
@@ -293,25 +277,22 @@ def _resolve_backend(spec: Any, backend: str, train: bool) -> Tuple[List[Any], s
         if backend == "auto":
             backend = "imgaug" if imgaug_compat.imgaug_available() else "torchvision"
             if backend == "torchvision":
-                _warn_once("fallback", "augmentation: imgaug is not importable, using the torchvision backend "
-                                       f"(imgaug is faster; {imgaug_compat.HOW_TO_INSTALL.split('; or use')[0]})")
+                _warn_once("fallback", "augmentation: imgaug is not importable, using the torchvision backend; "
+                                       "imgaug is faster: `pip install imgaug`, or attach the kernel code dataset "
+                                       "that vendors it (Kaggle)")
         _require(backend)
         return preset_ops(preset, backend), backend, False
     names = op_names(spec)
-    if backend == "auto":
-        in_ia = all(n in IMGAUG_OPS for n in names)
-        in_tv = all(n in TORCHVISION_OPS for n in names)
+    if backend == "auto":  # the registry that knows every name; imgaug first (faster) when importable
+        in_ia, in_tv = all(n in IMGAUG_OPS for n in names), all(n in TORCHVISION_OPS for n in names)
         if in_ia and (not in_tv or imgaug_compat.imgaug_available()):
             backend = "imgaug"
         elif in_tv:
             backend = "torchvision"
-        else:  # report the first unknown name against the registry that knows more of the list
-            reg = IMGAUG_OPS if sum(n in IMGAUG_OPS for n in names) >= sum(n in TORCHVISION_OPS for n in names) \
-                else TORCHVISION_OPS
-            reg.canonical(next(n for n in names if n not in reg))
-    registry = IMGAUG_OPS if backend == "imgaug" else TORCHVISION_OPS
-    for n in names:
-        registry.canonical(n)  # unknown op -> ConfigError with the known names and closest match
+        else:  # report against the registry that knows more of the list
+            backend = "imgaug" if sum(n in IMGAUG_OPS for n in names) >= sum(n in TORCHVISION_OPS for n in names) \
+                else "torchvision"
+    check_names(names, backend)
     if not train or not names:
         return list(spec), "none", True
     _require(backend)
@@ -333,6 +314,21 @@ def _require(backend: str) -> None:
             raise ConfigError(f"--aug-backend imgaug: {e}") from None
 
 
+def _cv2_sequential() -> None:
+    """Run OpenCV sequentially in this process, before it ever starts its thread pool.
+
+    A DataLoader forks its workers from this process. A child that inherits a started OpenCV
+    pool hangs for ever in pthread_cond_destroy as soon as it touches the pool (setNumThreads
+    included; OpenCV 5.0 pthreads backend). With no pool there is nothing to inherit, and N
+    workers x all-core pools cannot oversubscribe the CPU either. albumentations does the same.
+    """
+    if "cv2_threads" not in _WARNED:
+        _WARNED.add("cv2_threads")
+        import cv2
+
+        cv2.setNumThreads(0)
+
+
 def build_transform(preset_or_ops: Any, *, train: bool, backend: str = "auto", img_size: int,
                     mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear",
                     crop_pct: float = 0.875, in_chans: int = 3) -> AugmentTransform:
@@ -342,9 +338,11 @@ def build_transform(preset_or_ops: Any, *, train: bool, backend: str = "auto", i
     ``train=False`` ignores it: resize + center crop + normalize only. Config problems raise
     ConfigError here (the pipeline is smoke-tested once), not later inside a DataLoader worker.
     """
+    _cv2_sequential()
+    interpolation = str(interpolation).lower()
     if interpolation not in _INTERP:
         raise ConfigError(f"interpolation {interpolation!r} unknown; use one of {', '.join(_INTERP)}")
-    if not (isinstance(img_size, int) and img_size > 0) or not 0 < crop_pct <= 4:
+    if not (isinstance(img_size, numbers.Integral) and img_size > 0) or not 0 < crop_pct <= 4:
         raise ConfigError(f"augmentation: need img_size > 0 and 0 < crop_pct, got {img_size!r}, {crop_pct!r}")
     if in_chans < 1:
         raise ConfigError(f"--in-chans must be >= 1, got {in_chans}")
@@ -392,7 +390,7 @@ def augment_batch(transform: AugmentTransform, images: Sequence[np.ndarray],
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy, random, imgaug, cv2 from torch's per-worker seed.
+    """DataLoader ``worker_init_fn``: seed numpy, random, imgaug and cv2 from torch's per-worker seed.
 
     PyTorch already seeds each worker's torch RNG with base_seed + worker_id (base_seed drawn from
     the loader's generator, so new per epoch). Our pipelines draw from torch, so they need nothing
@@ -402,13 +400,11 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2 ** 32
     random.seed(seed)
     np.random.seed(seed)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)  # N workers x all-core OpenCV threads would oversubscribe the CPU
+    # OpenCV threads are not touched here: build_transform already made the parent sequential
+    # (see _cv2_sequential), and touching an inherited pool in a forked child can hang.
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
         cv2.setRNGSeed(seed % 2 ** 31)
-    except ImportError:
-        pass
     iarandom = sys.modules.get("imgaug.random")
     if iarandom is not None:
         iarandom.seed(seed)
@@ -423,7 +419,7 @@ def _reseed_owned(obj: Any, seed: int, seen: set, depth: int) -> None:
         return
     seen.add(id(obj))
     if hasattr(obj, "seed_") and hasattr(obj, "get_children_lists"):  # an imgaug Augmenter
-        obj.seed_(seed)
+        obj.seed_((seed + 7919 * len(seen)) % 2 ** 32)  # distinct streams when a dataset holds several
         return
     if isinstance(obj, (list, tuple)):
         for item in obj[:64]:
@@ -437,7 +433,7 @@ def _reseed_owned(obj: Any, seed: int, seen: set, depth: int) -> None:
 
 
 def save_aug_grid(samples: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]], mean: Sequence[float],
-                  std: Sequence[float], path: str, ncol: Optional[int] = None) -> str:
+                  std: Sequence[float], path: "str | os.PathLike[str]", ncol: Optional[int] = None) -> str:
     """Write a grid of augmented samples ((C, H, W) normalized, (H, W) mask | None); masks overlaid.
 
     ``path`` is a file or a directory (then ``augmentations.png`` inside it). Returns the file path.
@@ -445,6 +441,7 @@ def save_aug_grid(samples: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]]
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leaves the user's backend alone
     from matplotlib.figure import Figure
 
+    path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "augmentations.png")
     n = max(1, len(samples))

@@ -9,6 +9,9 @@ imgaug is unmaintained; on today's stack it breaks in four places:
 * ``ElasticTransformation._map_coordinates`` passes float64 maps to ``cv2.convertMaps``, which
   OpenCV 4.14+ rejects (it wants float32 maps).
 
+One correctness patch rides along: imgaug resizes segmentation maps with ``cv2.INTER_NEAREST``,
+which is offset by up to a pixel from the bilinear image; it is switched to INTER_NEAREST_EXACT.
+
 Everything here is patched at runtime, never in site-packages, so the same code works on the
 copy of imgaug vendored into the Kaggle code dataset. The NumPy aliases are only added when
 missing, so older NumPy is left alone. Call :func:`import_imgaug` instead of ``import imgaug``.
@@ -111,6 +114,36 @@ def _patch_elastic(iaa: ModuleType) -> List[str]:
     return ["ElasticTransformation._map_coordinates(float32 maps)"]
 
 
+class _Cv2NearestExact:
+    """Stand-in for the ``cv2`` module inside ``imgaug.imgaug``: resize with INTER_NEAREST_EXACT.
+
+    imgaug resizes segmentation maps with cv2.INTER_NEAREST, which samples at floor(x * scale)
+    and so shifts masks by up to one source pixel against the bilinear image (CropAndPad,
+    PerspectiveTransform and Resize with keep_size). INTER_NEAREST_EXACT samples pixel centers.
+    """
+
+    def __init__(self, cv2: ModuleType):
+        self._cv2 = cv2
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cv2, name)
+
+    def resize(self, src: Any, dsize: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("interpolation") == self._cv2.INTER_NEAREST:
+            kwargs["interpolation"] = self._cv2.INTER_NEAREST_EXACT
+        return self._cv2.resize(src, dsize, *args, **kwargs)
+
+
+def _patch_nearest_resize() -> List[str]:
+    import cv2
+
+    core = importlib.import_module("imgaug.imgaug")
+    if not hasattr(cv2, "INTER_NEAREST_EXACT") or isinstance(getattr(core, "cv2", None), _Cv2NearestExact):
+        return []
+    core.cv2 = _Cv2NearestExact(cv2)
+    return ["imgaug.imgaug resize: INTER_NEAREST -> INTER_NEAREST_EXACT (mask alignment)"]
+
+
 def import_imgaug() -> ModuleType:
     """Patch NumPy/SciPy names, import imgaug, patch its OpenCV-facing code; return ``imgaug.augmenters``.
 
@@ -126,6 +159,7 @@ def import_imgaug() -> ModuleType:
         except Exception as e:  # ImportError, or an API break we have no patch for yet
             raise ImportError(f"imgaug is not importable ({type(e).__name__}: {e}); {HOW_TO_INSTALL}") from e
         _APPLIED.extend(_patch_elastic(iaa))
+        _APPLIED.extend(_patch_nearest_resize())
         if "imported" not in _APPLIED:
             _APPLIED.append("imported")
         return iaa

@@ -185,8 +185,9 @@ class SameImage(Dataset):
 
 
 def _epochs(transform, seed: int, epochs: int = 2, workers: int = 2, ctx=None):
+    # timeout: a worker that hangs (see test_forked_workers_after_parent_used_opencv_threads) fails the test
     loader = DataLoader(SameImage(transform), batch_size=4, num_workers=workers, worker_init_fn=seed_worker,
-                        generator=torch.Generator().manual_seed(seed), multiprocessing_context=ctx)
+                        generator=torch.Generator().manual_seed(seed), multiprocessing_context=ctx, timeout=60)
     return [[b.clone() for b in loader] for _ in range(epochs)]
 
 
@@ -218,6 +219,17 @@ def test_workers0_repeats_from_torch_rng_state(backend):
     assert __import__("random").getstate() == py_state
 
 
+def test_forked_workers_after_parent_used_opencv_threads():
+    """cv2.setNumThreads(1) in a forked child whose parent ran OpenCV's thread pool hangs forever
+    (OpenCV 5.0, pthreads); seed_worker must use a setting that does not."""
+    import cv2
+
+    cv2.setNumThreads(2)
+    cv2.resize(noise_image(1200, 1200), (900, 900))  # start the pool in the parent
+    (batches,) = _epochs(build("default", "imgaug"), 9, epochs=1)
+    assert len(batches) == 2
+
+
 def test_spawn_workers_unpickle_and_run():
     t = build("default", "imgaug")
     (batches,) = _epochs(t, 5, epochs=1, workers=1, ctx="spawn")
@@ -240,7 +252,7 @@ class UserImgaug(Dataset):
 
 def test_seed_worker_reseeds_user_imgaug_pipelines():
     loader = DataLoader(UserImgaug(), batch_size=2, num_workers=2, worker_init_fn=seed_worker,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0), timeout=60)
     b0, b1 = list(loader)
     assert not torch.equal(b0[0], b1[0])
 
@@ -387,5 +399,6 @@ def test_bad_inputs_are_config_errors():
 def test_save_aug_grid(tmp_path):
     samples = [build("heavy", "imgaug")(*shapes_sample(40, 48)) for _ in range(3)]
     samples.append(build("default", "torchvision", in_chans=1)(shapes_sample(40, 48, 1)[0]))
-    path = save_aug_grid(samples, MEAN, STD, str(tmp_path))
+    path = save_aug_grid(samples, MEAN, STD, tmp_path)  # a directory (Path): augmentations.png inside
     assert path.endswith("augmentations.png") and os.path.getsize(path) > 1000
+    assert save_aug_grid(samples[:1], MEAN, STD, tmp_path / "one.png", ncol=1) == str(tmp_path / "one.png")
