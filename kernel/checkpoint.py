@@ -43,6 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be read (and downloaded)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

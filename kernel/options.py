@@ -256,6 +256,9 @@ def parse_options(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str
     values.update(flags)
     opts = Options(**values)
     _check_ranges(opts)
+    if opts.predict not in (None, False):  # a typo in the predict: section must fail now, not after training
+        from .predict import check_predict_spec
+        check_predict_spec(opts.predict)
     return opts
 
 

@@ -39,8 +39,10 @@ from .loop import evaluate, make_scaler, resolve_amp_dtype, resolve_device, trai
 from .losses import create_loss
 from .options import Options, options_to_dict, parse_options, save_config
 from .platform import default_output_dir, detect_platform, find_in_inputs, resolve_path
+from .predict import check_predict_spec, predict_after_training
 from .registry import ConfigError, parse_kwargs
 from .report import Progress, close_logging, setup_logging, write_json, write_metrics_csv
+from .reporter import EpochReporter
 from .scheduler import create_scheduler, format_lr_table, preview_lr
 
 __all__ = ["main", "run"]
@@ -192,9 +194,15 @@ def run(opts: Options) -> Dict[str, Any]:
         set_rng_state(ckpt["rng"])
         log.info("resumed from %s at epoch %d", resume, start_epoch)
 
+    predict_spec = check_predict_spec(opts.predict, resolve_paths=True) if opts.predict else None
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(opts, run_dir / "config.yaml")
     write_json({"classes": split.classes}, run_dir / "classes.json")
+    reporter = EpochReporter(run_dir, classes=split.classes, mean=dcfg["mean"], std=dcfg["std"],
+                             monitor=opts.monitor, multilabel=split.multilabel,
+                             val_dataset=TransformedDataset(val_src, eval_tf), tensorboard=opts.tensorboard,
+                             start_epoch=start_epoch)
+    reporter.on_train_start(unwrap_model(model), (opts.in_chans, dcfg["img_size"], dcfg["img_size"]), device)
     maximize = opts.monitor == "val_acc"
     stale = 0 if best_epoch == 0 else start_epoch - 1 - best_epoch
     epoch = start_epoch - 1
@@ -213,7 +221,7 @@ def run(opts: Options) -> Dict[str, Any]:
                              schedule=schedule, channels_last=opts.channels_last,
                              progress=Progress(f"epoch {epoch}/{opts.epochs}", opts.log_every))
         va = evaluate(train_model, val_loader, loss_fn, device=device, amp_dtype=amp_dtype,
-                      channels_last=opts.channels_last)
+                      channels_last=opts.channels_last, return_outputs=True)  # probs feed the best-epoch plots
         metric = va["acc1"] if maximize else va["loss"]
         schedule.step_epoch(metric)
         improved = best is None or (metric > best if maximize else metric < best)
@@ -228,14 +236,16 @@ def run(opts: Options) -> Dict[str, Any]:
         state = {"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                  "epoch": epoch, "best_metric": best, "best_epoch": best_epoch, "rng": rng_state(),
-                 "options": options_to_dict(opts), "classes": split.classes, "history": history,
-                 "version": __version__}
+                 "options": options_to_dict(opts), "classes": split.classes, "multilabel": split.multilabel,
+                 "history": history, "version": __version__}
         save_checkpoint(state, run_dir / "last.pt")
         if improved:
             atomic_write(run_dir / "best.pt", lambda tmp: shutil.copyfile(run_dir / "last.pt", tmp))
             export_safetensors(model, split.classes, run_dir / "model.safetensors",
-                               {"model": opts.model, "in_chans": str(opts.in_chans)})
+                               {"model": opts.model, "in_chans": str(opts.in_chans),
+                                "multilabel": str(split.multilabel).lower()})
         write_metrics_csv(history, run_dir / "metrics.csv")
+        reporter.on_epoch_end(epoch, history, va, improved=improved, best_epoch=best_epoch)
         log.info("epoch %d/%d  lr %.3g  train loss %.4f acc %.2f  val loss %.4f acc %.2f%s  %.0f img/s  %.1fs",
                  epoch, opts.epochs, lr, tr["loss"], tr["acc1"], va["loss"], va["acc1"],
                  "  *best*" if improved else "", tr["img_per_s"], row["epoch_time"])
@@ -252,8 +262,11 @@ def run(opts: Options) -> Dict[str, Any]:
                "wall_time": round(time.time() - start_time, 3), "run_dir": str(run_dir),
                "classes": split.classes, "version": __version__}
     write_json(summary, run_dir / "summary.json")
+    reporter.on_train_end(summary)
     log.info("done: best %s %.4g at epoch %d; outputs in %s", opts.monitor, best if best is not None else float("nan"),
              best_epoch, run_dir.resolve())
+    if predict_spec is not None and (run_dir / "best.pt").is_file():
+        summary["predict"] = predict_after_training(predict_spec, run_dir, opts)
     return summary
 
 

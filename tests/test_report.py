@@ -1,0 +1,244 @@
+"""Results a person can look at: curves, confusion matrix + per_class.csv, prediction grid, TensorBoard,
+the --summary layer table, and the config's predict: section running after training."""
+import csv
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+from kernel.shapes import SHAPE_CLASSES, write_shapes
+from kernel.train import main
+
+from conftest import small_args
+
+_SHARED: dict = {}
+EPOCHS = 3
+
+
+def trained_run(tmp_path_factory) -> dict:
+    """One short run shared by this module and test_predict: ImageFolder train + val folders, a predict: section."""
+    if not _SHARED:
+        root = tmp_path_factory.mktemp("report")
+        train = write_shapes(root / "tr", n=160, seed=0, size=32)
+        val = write_shapes(root / "va", n=48, seed=1, size=32)
+        cfg = root / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump({"predict": {"inputs": [str(val / "images")], "submission": True,
+                                                   "topk": 2, "tta": True, "out": "test_predictions.csv"}}))
+        args = small_args(root / "runs", "--data", str(train / "train"), "--val-data", str(val / "train"),
+                          "--epochs", str(EPOCHS), "--aug", "none", "--lr", "0.003", "--seed", "0",
+                          "--name", "x", "--config", str(cfg))
+        assert main(args) == 0
+        _SHARED.update(root=root, run=root / "runs" / "x", train=train, val=val)
+    return _SHARED
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return trained_run(tmp_path_factory)
+
+
+def _check_png(path: Path, min_w: int, min_h: int) -> np.ndarray:
+    assert path.is_file(), path
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.width >= min_w and im.height >= min_h, im.size
+        arr = np.asarray(im.convert("RGB"))
+    assert arr.std() > 5 and len(np.unique(arr.reshape(-1, 3), axis=0)) > 20  # a drawing, not a blank canvas
+    return arr
+
+
+def test_plots_are_real_pngs(run):
+    _check_png(run["run"] / "curves.png", 900, 300)
+    _check_png(run["run"] / "confusion_matrix.png", 400, 350)
+    arr = _check_png(run["run"] / "predictions.png", 800, 300)
+    # wrong predictions get a red frame, right ones green: at least one of the two colours is there
+    red = ((arr[..., 0] > 180) & (arr[..., 1] < 60) & (arr[..., 2] < 70)).sum()
+    green = ((arr[..., 1] > 100) & (arr[..., 0] < 60) & (arr[..., 2] < 90)).sum()
+    assert red + green > 100
+    log = (run["run"] / "train.log").read_text()
+    assert "could not write" not in log and "Traceback" not in log
+
+
+def test_per_class_csv_matches_an_independent_confusion_matrix(run):
+    from kernel.predict import predict
+
+    out = run["root"] / "val_pred.csv"
+    predict(str(run["run"] / "best.pt"), [str(run["val"] / "train")], out=str(out), topk=1, batch_size=16,
+            device="cpu", workers=0)
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    true = [Path(r["path"]).parent.name for r in rows]
+    pred = [r["label"] for r in rows]
+    assert len(rows) == 48
+    with open(run["run"] / "per_class.csv") as fh:
+        table = {r["class"]: r for r in csv.DictReader(fh)}
+    assert set(SHAPE_CLASSES) | {"macro avg", "weighted avg"} == set(table)
+    for c in SHAPE_CLASSES:
+        tp = sum(t == c and p == c for t, p in zip(true, pred))
+        fp = sum(t != c and p == c for t, p in zip(true, pred))
+        fn = sum(t == c and p != c for t, p in zip(true, pred))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        row = table[c]
+        assert int(row["support"]) == tp + fn == 12
+        for key, want in (("precision", precision), ("recall", recall), ("f1", f1)):
+            assert float(row[key]) == pytest.approx(want, abs=1e-5), (c, key)
+
+
+def test_tensorboard_has_scalars_for_every_epoch(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run["run"] / "tb"))
+    ea.Reload()
+    tags = ea.Tags()
+    for tag in ("loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr"):
+        assert [e.step for e in ea.Scalars(tag)] == list(range(1, EPOCHS + 1)), tag
+    assert "val/samples" in tags["images"]
+    assert tags["graph"]  # resnet10t traces
+    with open(run["run"] / "metrics.csv") as fh:
+        val_acc = [float(r["val_acc"]) for r in csv.DictReader(fh)]
+    assert [e.value for e in ea.Scalars("accuracy/val")] == pytest.approx(val_acc, rel=1e-4)
+
+
+def test_predict_section_runs_after_training(run):
+    preds = run["run"] / "test_predictions.csv"
+    with open(preds) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 48 and list(rows[0]) == ["path", "label", "prob", "label_2", "prob_2"]
+    with open(run["run"] / "submission.csv") as fh:
+        sub = list(csv.reader(fh))
+    assert sub[0] == ["id", "label"]
+    assert [r[0] for r in sub[1:]] == [f"{i:05d}" for i in range(48)]
+    assert {r[1] for r in sub[1:]} <= set(SHAPE_CLASSES)
+
+
+def test_predict_section_is_checked_before_training(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"predict": {"inputs": ["x"], "top_k": 3}}))
+    assert main(small_args(tmp_path, "--config", str(bad), "--name", "bad")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "top_k" in err and "did you mean 'topk'" in err
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"predict": {"inputs": [str(tmp_path / "nope")]}}))
+    assert main(small_args(tmp_path, "--config", str(missing), "--name", "miss", "--epochs", "1")) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "miss" / "last.pt").exists()
+
+
+def test_plot_failure_never_fails_the_run(tmp_path, monkeypatch):
+    from kernel import plots
+
+    def boom(*a, **k):
+        raise RuntimeError("synthetic plot failure")
+
+    monkeypatch.setattr(plots, "plot_curves", boom)
+    monkeypatch.setattr(plots, "plot_confusion_matrix", boom)
+    assert main(small_args(tmp_path, "--dry-run", "--epochs", "1", "--name", "p", "--no-tensorboard")) == 0
+    run = tmp_path / "p"
+    log = (run / "train.log").read_text()
+    assert "WARNING" in log and "could not write curves.png: RuntimeError: synthetic plot failure" in log
+    assert "could not write confusion_matrix.png" in log
+    assert not (run / "curves.png").exists() and not (run / "tb").exists()
+    assert (run / "predictions.png").is_file() and (run / "per_class.csv").is_file()  # the others still work
+
+
+def test_tensorboard_absent_is_one_log_line(tmp_path, monkeypatch, caplog):
+    from kernel.tb import TensorBoardLogger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
+    logger = logging.getLogger("kernel.tb")
+    logger.addHandler(caplog.handler)
+    try:
+        assert TensorBoardLogger.open(tmp_path / "tb") is None
+    finally:
+        logger.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if "tensorboard" in r.getMessage().lower()]
+    assert len(lines) == 1 and "not installed" in lines[0]
+    assert not (tmp_path / "tb").exists()
+
+
+def test_multilabel_per_class_stats_are_binary():
+    from kernel.plots import per_class_stats
+
+    probs = np.array([[0.9, 0.2], [0.8, 0.7], [0.1, 0.6], [0.3, 0.1]])
+    hot = np.array([[1, 0], [1, 1], [0, 0], [1, 1]])
+    s = per_class_stats(probs, hot, multilabel=True)
+    assert "cm" not in s
+    assert s["precision"].tolist() == [1.0, 0.5] and s["recall"].tolist() == [2 / 3, 0.5]
+    assert s["support"].tolist() == [3, 2]
+
+
+def _total_from_table(text: str) -> int:
+    line = next(ln for ln in text.splitlines() if ln.startswith("total params:"))
+    return int(line.split(":")[1].replace(",", ""))
+
+
+@pytest.mark.parametrize("model", ["resnet10t", "tv:resnet18"])
+def test_summary_table_for_timm_and_torchvision(tmp_path, capsys, model):
+    from kernel.finetune import create_model
+
+    assert main(small_args(tmp_path, "--summary", "--model", model, "--name", "s")) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header[:2] == ["layer", "output"] and "parameters" in header and "trainable" in header
+    expected = sum(p.numel() for p in create_model(model, 4, 3).parameters())
+    assert _total_from_table(out) == expected
+    rows = [ln for ln in out.splitlines() if " (" in ln and ln.rstrip().endswith(("yes", "no", "partly", "-"))]
+    assert sum(int(ln.split()[-2].replace(",", "")) for ln in rows) == expected
+    assert any("Conv2d" in ln and "[1, " in ln for ln in rows)
+    assert not (tmp_path / "s" / "last.pt").exists()
+
+
+def test_summary_counts_root_and_tied_parameters_once():
+    from kernel.summary import layer_rows, summary_table
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(4))  # held by the root, as ViT's cls_token
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+            self.b.weight = self.a.weight  # tied
+            self.unused = nn.Linear(4, 2)
+            self.unused.requires_grad_(False)
+
+        def forward(self, x):
+            return self.b(self.a(x + self.token))
+
+    net = Net()
+    rows = layer_rows(net, (4,))
+    assert sum(r["params"] for r in rows) == sum(p.numel() for p in net.parameters()) == 4 + 20 + 4 + 10
+    assert [r["name"] for r in rows][-1] == "unused" and rows[-1]["shape"] == "-"
+    text = summary_table(net, (4,))
+    assert _total_from_table(text) == 38 and "non-trainable params: 10" in text
+
+
+def test_multilabel_run_reports_binary_stats_and_submits_label_sets(tmp_path):
+    root = write_shapes(tmp_path / "data", n=64, seed=0, size=32)
+    with open(root / "train.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(root / "tags.csv", "w") as fh:  # a second, overlapping label on every third image
+        fh.write("image,tags\n" + "".join(f"{r['id']},{r['label']}{' odd' if i % 3 == 0 else ''}\n"
+                                          for i, r in enumerate(rows)))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"predict": {"inputs": [str(root / "tags.csv")], "image_dir": str(root / "images"),
+                                               "submission": "sub.csv", "topk": 1}}))
+    args = small_args(tmp_path, "--data", str(root), "--csv", "tags.csv", "--image-dir", "images", "--epochs", "1",
+                      "--aug", "none", "--name", "ml", "--no-tensorboard", "--config", str(cfg))
+    assert main(args) == 0
+    run = tmp_path / "ml"
+    with open(run / "per_class.csv") as fh:
+        table = {r["class"]: r for r in csv.DictReader(fh)}
+    assert set(SHAPE_CLASSES) | {"odd"} <= set(table)
+    assert not (run / "confusion_matrix.png").exists()  # not defined for multi-label data
+    _check_png(run / "predictions.png", 800, 300)
+    with open(run / "sub.csv") as fh:
+        sub = list(csv.reader(fh))
+    assert sub[0] == ["id", "label"] and len(sub) == 65
+    assert all(r[1] and set(r[1].split()) <= set(SHAPE_CLASSES) | {"odd"} for r in sub[1:])
