@@ -132,3 +132,36 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, argv, words):
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     for w in words:
         assert w in lines[0]
+
+
+@pytest.mark.parametrize("flags", [
+    ["--amp"],                                        # bf16 autocast on CPU
+    ["--amp", "--amp-dtype", "fp16"],                 # fp16 autocast + CPU GradScaler
+    ["--channels-last", "--accum-steps", "2", "--clip-grad", "1.0"],
+    ["--opt", "sgd", "--backbone-lr-mult", "0.1", "--sched", "onecycle"],
+])
+def test_training_switches_dry_run(tmp_path, flags):
+    assert main(small_args(tmp_path, "--dry-run", "--data", "shapes", "--name", "sw", *flags)) == 0
+    summary = json.loads((tmp_path / "sw" / "summary.json").read_text())
+    expected = "float16" if "fp16" in flags else "bfloat16" if "--amp" in flags else "fp32"
+    assert summary["amp_dtype"] == expected
+    rows = _metrics(tmp_path / "sw")
+    assert len(rows) == 2 and all(float(r["train_loss"]) == float(r["train_loss"]) for r in rows)  # not NaN
+
+
+def test_progress_lines_without_a_tty(caplog):
+    import logging
+
+    from kernel.report import Progress
+
+    logger = logging.getLogger("kernel")
+    logger.addHandler(caplog.handler)  # the package logger does not propagate to the root
+    logger.setLevel(logging.INFO)
+    try:
+        p = Progress("epoch 1/1", every=2, tty=False)
+        for i in range(1, 6):
+            p(i, 5, lambda: {"loss": 0.5})
+    finally:
+        logger.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [l.split()[2] for l in lines] == ["2/5", "4/5", "5/5"] and all("loss 0.5" in l for l in lines)
