@@ -1,6 +1,6 @@
 """Augmentation throughput, img/s per core, 224px RGB uint8, train pipelines (to normalized tensor).
 
-Run from the repository root:  python bench/augment.py [--quick] [--markdown bench/AUGMENT_RESULTS.md]
+Run from the repository root:  python bench/augment.py [--quick] [--markdown FILE]
 
 Measures every preset x backend of kernel.augment, an "equivalent torchvision v2 pipeline"
 (Resize 256 + flip + rotate + Gaussian noise + random crop 224 + normalize, written plainly with
