@@ -1,4 +1,4 @@
-"""Pure loss maths: tensors in, tensor out, no state (the nn.Module wrappers live in losses.py).
+"""Pure loss maths: tensors in, tensor out, no state (the nn.Module wrappers live in loss_modules.py).
 
 Shapes: logits ``x`` are (N, C) for classification or (N, C, *S) for segmentation (S = H, W, ...).
 Every function works from logits with log-sigmoid / log-softmax, never ``log(sigmoid(x))``,

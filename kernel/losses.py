@@ -2,8 +2,9 @@
 
 Every loss takes logits, never probabilities: ``loss(logits, target)`` -> scalar fp32 tensor. It
 runs in fp32 with autocast off (bf16/fp16 logs and sums lose the small terms that losses add up);
-float64 inputs stay float64. The maths is in :mod:`kernel.loss_functional`; the modules here only
-hold hyper-parameters.
+float64 inputs stay float64. The maths is in :mod:`kernel.loss_functional`; the modules, in
+:mod:`kernel.loss_modules` (re-exported here), only hold hyper-parameters. This module turns a spec
+into a module: registry names, combinations and user code.
 
 Shapes and ``mode`` (inferred when not given): logits (N, C) or (N, C, H, W);
 integer target shaped like the logits without dim 1 -> "multiclass" (C == 1: "binary" mask);
@@ -18,16 +19,18 @@ Empty ground truth (dice / iou / tversky / dice_bce): see :class:`DiceLoss`.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 
-from . import loss_functional as LF
-from .registry import ConfigError, Registry, closest, is_user_spec, load_user_object
+# The per-loss classes and the registry they fill live in loss_modules (dependencies point down:
+# losses -> loss_modules -> loss_functional); they are re-exported so ``kernel.losses`` stays the API.
+from .loss_modules import (LOSSES, BCELoss, CrossEntropyLoss, DiceBCELoss, DiceLoss, FocalLoss, IoULoss, KLDivLoss,
+                           L1Loss, Loss, MSELoss, QualityFocalLoss, SmoothL1Loss, TverskyLoss, autocast_off, check,
+                           to_fp32)
+from .registry import ConfigError, closest, is_user_spec, load_user_object
 
 __all__ = [
     "LOSSES", "create_loss", "Loss", "CrossEntropyLoss", "BCELoss", "MSELoss", "L1Loss", "SmoothL1Loss",
@@ -35,300 +38,7 @@ __all__ = [
     "CombinedLoss", "UserLoss",
 ]
 
-LOSSES: Registry = Registry("loss")
 Spec = Union[str, Mapping[str, float], nn.Module]
-
-
-def _check(ok: bool, name: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"--loss {name}: {msg}")
-
-
-def _fp32(t: Tensor) -> Tensor:
-    """Half / bfloat16 -> float32; float64 (gradcheck) and integer tensors stay as they are."""
-    return t.float() if t.is_floating_point() and t.element_size() < 4 else t
-
-
-def _autocast_off(device_type: str) -> Any:
-    try:
-        return torch.autocast(device_type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know: nothing to switch off
-        return contextlib.nullcontext()
-
-
-def _vector(value: Any, name: str, option: str) -> Optional[Tensor]:
-    """None, a number or a per-class list -> tensor (kept as a buffer so .to(device) moves it)."""
-    if value is None:
-        return None
-    try:
-        return torch.as_tensor(value, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
-        raise ConfigError(f"--loss {name}: {option}={value!r} must be a number or a list of numbers, one per class")
-
-
-def _number(value: Any, name: str, option: str, low: float = 0.0) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
-    _check(ok, name, f"{option}={value!r} must be a number >= {low}")
-    return float(value)
-
-
-class Loss(nn.Module):
-    """Base class: ``forward(logits, target)`` brings the targets to dense form (mode inference,
-    one-hot, ignore_index) and calls ``compute(x, targets)`` in fp32 with autocast off."""
-
-    name = "loss"
-    reductions: Tuple[str, ...] = ("mean", "sum", "none")
-    one_hot = True  # whether compute() reads Targets.dense for integer class maps
-
-    def __init__(self, mode: Optional[str] = None, ignore_index: Optional[int] = None, reduction: str = "mean"):
-        super().__init__()
-        _check(mode is None or mode in LF.MODES, self.name, f"mode={mode!r}; use one of {', '.join(LF.MODES)} "
-               "or leave it unset to infer it from the shapes")
-        _check(reduction in self.reductions, self.name, f"reduction={reduction!r}; use {' or '.join(self.reductions)}")
-        _check(ignore_index is None or isinstance(ignore_index, int), self.name, "ignore_index must be an integer")
-        self.mode, self.ignore_index, self.reduction = mode, ignore_index, reduction
-
-    def _mode_for(self, logits: Tensor) -> Optional[str]:
-        return self.mode
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        """logits (N, C, *S) float; target (N, *S) int or (N, C, *S) float -> scalar (for reduction mean/sum)."""
-        with _autocast_off(logits.device.type):
-            x, t = LF.prepare_targets(_fp32(logits), _fp32(target), self._mode_for(logits), self.ignore_index,
-                                      self.name, self.one_hot)
-            return self.compute(x, t)
-
-    def compute(self, x: Tensor, t: LF.Targets) -> Tensor:
-        raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return ", ".join(f"{p}={getattr(self, p)!r}" for p in names if hasattr(self, p))
-
-
-def _register(name: str, aliases: Sequence[str] = ()) -> Callable[[type], type]:
-    def add(cls: type) -> type:
-        cls.name = name
-        return LOSSES.register(name, cls, aliases=aliases)
-    return add
-
-
-@_register("ce", aliases=("cross_entropy",))
-class CrossEntropyLoss(Loss):
-    """Softmax cross-entropy (F.cross_entropy). Float (N, C) targets are soft labels; multi-hot rows
-    are normalised to sum to 1. ``weight`` (C,) class weights; ``label_smoothing`` in [0, 1)."""
-
-    one_hot = False
-
-    def __init__(self, weight: Any = None, label_smoothing: float = 0.0, ignore_index: Optional[int] = None,
-                 mode: Optional[str] = None, reduction: str = "mean"):
-        super().__init__(mode, ignore_index, reduction)
-        self.label_smoothing = _number(label_smoothing, self.name, "label_smoothing")
-        self.register_buffer("weight", _vector(weight, self.name, "weight"), persistent=False)
-
-    def compute(self, x: Tensor, t: LF.Targets) -> Tensor:
-        _check(t.mode != "binary", self.name, "softmax cross-entropy needs C >= 2 outputs; use bce for one output")
-        return LF.cross_entropy(x, t, self.weight, self.label_smoothing, self.ignore_index, self.reduction)
-
-
-@_register("bce", aliases=("bce_with_logits",))
-class BCELoss(Loss):
-    """Binary cross-entropy with logits per element; int class maps are one-hot encoded.
-    ``weight`` / ``pos_weight``: a number or one per class."""
-
-    def __init__(self, weight: Any = None, pos_weight: Any = None, ignore_index: Optional[int] = None,
-                 mode: Optional[str] = None, reduction: str = "mean"):
-        super().__init__(mode, ignore_index, reduction)
-        self.register_buffer("weight", _vector(weight, self.name, "weight"), persistent=False)
-        self.register_buffer("pos_weight", _vector(pos_weight, self.name, "pos_weight"), persistent=False)
-
-    def compute(self, x: Tensor, t: LF.Targets) -> Tensor:
-        return LF.binary_cross_entropy(x, t, self.weight, self.pos_weight, self.reduction)
-
-
-class _Regression(Loss):
-    """Element-wise regression loss. activation "auto": multiclass integer labels compare softmax
-    probabilities with one-hot (Brier-style); other targets compare the raw outputs (regression).
-    "none" | "sigmoid" | "softmax" force it. ``beta`` (smooth_l1 only): end of the quadratic part."""
-
-    kind = "mse"
-
-    def __init__(self, activation: str = "auto", beta: float = 1.0, ignore_index: Optional[int] = None,
-                 mode: Optional[str] = None, reduction: str = "mean"):
-        super().__init__(mode, ignore_index, reduction)
-        _check(activation in ("auto", "none", "sigmoid", "softmax"), self.name,
-               f"activation={activation!r}; use auto, none, sigmoid or softmax")
-        self.activation, self.beta = activation, _number(beta, self.name, "beta")
-
-    def compute(self, x: Tensor, t: LF.Targets) -> Tensor:
-        return LF.regression_loss(x, t, self.kind, self.activation, self.beta, self.reduction)
-
-
-@_register("mse", aliases=("l2",))
-class MSELoss(_Regression):
-    kind = "mse"
-
-
-@_register("l1", aliases=("mae",))
-class L1Loss(_Regression):
-    kind = "l1"
-
-
-@_register("smooth_l1")
-class SmoothL1Loss(_Regression):
-    kind = "smooth_l1"
-
-
-@_register("kl", aliases=("kl_div",))
-class KLDivLoss(Loss):
-    """KL(target || prediction). C > 1: softmax class distributions (int labels -> one-hot smoothed
-    by ``label_smoothing``; float targets normalised over classes). C == 1 or mode binary/multilabel:
-    per-element Bernoulli KL. Mean over samples/pixels ("batchmean")."""
-
-    def __init__(self, label_smoothing: float = 0.0, ignore_index: Optional[int] = None,
-                 mode: Optional[str] = None, reduction: str = "mean"):
-        super().__init__(mode, ignore_index, reduction)
-        self.label_smoothing = _number(label_smoothing, self.name, "label_smoothing")
-
-    def _mode_for(self, logits: Tensor) -> Optional[str]:
-        # float (N, C) targets are read as class distributions, not as C independent labels
-        return self.mode or ("multiclass" if logits.ndim > 1 and logits.shape[1] > 1 else None)
-
-    def compute(self, x: Tensor, t: LF.Targets) -> Tensor:
-        return LF.kl_divergence(x, t, self.label_smoothing, self.reduction)
-
-
-@_register("focal")
-class FocalLoss(Loss):
-    """Focal loss, per element. Binary / multilabel, and multiclass with ``multiclass="sigmoid"``
-    (one-vs-rest): alpha_t (1 - p_t)^gamma BCE, alpha="auto" = 0.25 (RetinaNet). Multiclass with
-    ``multiclass="softmax"`` (default): -alpha_c (1 - p_t)^gamma log p_t; alpha="auto" = none,
-    a per-class list weights classes (a single number has no meaning there). alpha=None: off."""
-
-    def __init__(self, alpha: Any = "auto", gamma: float = 2.0, multiclass: str = "softmax",
-                 ignore_index: Optional[int] = None, mode: Optional[str] = None, reduction: str = "mean"):
-        super().__init__(mode, ignore_index, reduction)
-        self.gamma = _number(gamma, self.name, "gamma")
-        _check(multiclass in ("softmax", "sigmoid"), self.name, f"multiclass={multiclass!r}; use softmax or sigmoid")
-        self.multiclass = multiclass
-        self.auto_alpha = alpha == "auto"
-        a = None if self.auto_alpha else _vector(alpha, self.name, "alpha")
-        _check(a is None or bool(((a >= 0) & (a <= 1)).all()), self.name, f"alpha={alpha!r} must lie in [0, 1]")
-        self.register_buffer("alpha", a, persistent=False)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr().replace("alpha=None", "alpha='auto'" if self.auto_alpha else "alpha=None")
-
-    def compute(self, x: Tensor, t: LF.Targets) -> Tensor:
-        if t.mode == "multiclass" and self.multiclass == "softmax":
-            _check(self.alpha is None or self.alpha.ndim == 1, self.name, "a single alpha has no meaning for "
-                   "softmax focal (no negatives); give alpha=[one per class], alpha=None or multiclass=sigmoid")
-            return LF.softmax_focal_loss(x, t, self.alpha, self.gamma, self.reduction)
-        alpha = 0.25 if self.auto_alpha else self.alpha
-        return LF.sigmoid_focal_loss(x, t, alpha, self.gamma, self.reduction)
-
-
-class _Overlap(Loss):
-    kind = "dice"
-
-    def __init__(self, smooth: float = 1.0, eps: float = 1e-7, per_image: bool = False,
-                 classes: Optional[Sequence[int]] = None, weight: Any = None, from_logits: bool = True,
-                 ignore_index: Optional[int] = None, mode: Optional[str] = None, reduction: str = "mean"):
-        super().__init__(mode, ignore_index, reduction)
-        self.smooth, self.eps = _number(smooth, self.name, "smooth"), _number(eps, self.name, "eps")
-        self.per_image, self.from_logits = bool(per_image), bool(from_logits)
-        classes = [classes] if isinstance(classes, int) else classes
-        _check(classes is None or (len(classes) > 0 and all(isinstance(c, int) and c >= 0 for c in classes)), self.name,
-               f"classes={classes!r} must be a list of class indices, e.g. classes=[1,2]")
-        self.classes = None if classes is None else list(classes)
-        self.register_buffer("weight", _vector(weight, self.name, "weight"), persistent=False)
-
-    def compute(self, x: Tensor, t: LF.Targets) -> Tensor:
-        _check(self.classes is None or max(self.classes) < x.shape[1], self.name,
-               f"classes={self.classes} but the logits have {x.shape[1]} classes")
-        return LF.overlap_loss(x, t, self.kind, from_logits=self.from_logits, smooth=self.smooth, eps=self.eps,
-                               per_image=self.per_image, classes=self.classes, weight=self.weight,
-                               alpha=getattr(self, "alpha", 0.3), beta=getattr(self, "beta", 0.7),
-                               gamma=getattr(self, "gamma", 1.0), reduction=self.reduction)
-
-
-@_register("dice")
-class DiceLoss(_Overlap):
-    """Soft Dice loss 1 - (2TP + smooth) / (2TP + FP + FN + smooth), per class, from softmax
-    (multiclass) or sigmoid probabilities, mean over ``classes`` (default all).
-
-    Aggregation: per_image=False (default) sums TP/FP/FN over the whole batch (one score per
-    class); per_image=True scores each image alone and averages.
-    Empty ground truth, smooth > 0 (default 1): an empty mask scores smooth / (FP + smooth), so
-    predicting nothing is perfect (loss 0) and false positives are penalised. Per image every empty
-    image gets that score on its own; note it saturates (loss -> 1, gradient ~ smooth / FP^2) once
-    FP >> smooth, so pair Dice with BCE (``dice_bce``) to keep pushing large false blobs down. In
-    batch mode an empty image has no score of its own: its false positives join the batch FP sum,
-    penalised at d loss / d FP = (2TP + smooth) / (2TP + FP + FN + smooth)^2, which shrinks as the
-    other images of the batch hold more object (dilution).
-    With smooth=0 an empty (image, class) scores 0 / max(FP, eps) = 0: loss 1, no gradient at all.
-    """
-
-    kind = "dice"
-
-
-@_register("iou", aliases=("jaccard",))
-class IoULoss(_Overlap):
-    """Soft Jaccard loss 1 - (TP + smooth) / (TP + FP + FN + smooth); options and empty-mask
-    behaviour as :class:`DiceLoss`."""
-
-    kind = "iou"
-
-
-@_register("tversky")
-class TverskyLoss(_Overlap):
-    """Tversky loss (1 - (TP + smooth) / (TP + alpha FP + beta FN + smooth))^gamma; beta > alpha
-    weighs misses over false alarms; gamma != 1 is the focal Tversky loss. Else as :class:`DiceLoss`."""
-
-    kind = "tversky"
-
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 1.0, smooth: float = 1.0,
-                 eps: float = 1e-7, per_image: bool = False, classes: Optional[Sequence[int]] = None,
-                 weight: Any = None, from_logits: bool = True, ignore_index: Optional[int] = None,
-                 mode: Optional[str] = None, reduction: str = "mean"):
-        super().__init__(smooth, eps, per_image, classes, weight, from_logits, ignore_index, mode, reduction)
-        self.alpha, self.beta = _number(alpha, self.name, "alpha"), _number(beta, self.name, "beta")
-        self.gamma = _number(gamma, self.name, "gamma")
-
-
-@_register("dice_bce", aliases=("bce_dice",))
-class DiceBCELoss(Loss):
-    """dice_weight * Dice + bce_weight * BCE: Dice follows the overlap, BCE gives every pixel a
-    gradient, so false positives on empty masks are always penalised. Multiclass: Dice on softmax,
-    BCE one-vs-rest on the one-hot labels (``"dice+ce"`` is the softmax-only alternative)."""
-
-    reductions = ("mean",)
-
-    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0, eps: float = 1e-7,
-                 per_image: bool = False, classes: Optional[Sequence[int]] = None, pos_weight: Any = None,
-                 ignore_index: Optional[int] = None, mode: Optional[str] = None, reduction: str = "mean"):
-        super().__init__(mode, ignore_index, reduction)
-        self.dice_weight = _number(dice_weight, self.name, "dice_weight")
-        self.bce_weight = _number(bce_weight, self.name, "bce_weight")
-        self.dice = DiceLoss(smooth, eps, per_image, classes, ignore_index=ignore_index, mode=mode)
-        self.bce = BCELoss(pos_weight=pos_weight, ignore_index=ignore_index, mode=mode)
-
-    def compute(self, x: Tensor, t: LF.Targets) -> Tensor:
-        return self.dice_weight * self.dice.compute(x, t) + self.bce_weight * self.bce.compute(x, t)
-
-
-@_register("qfl", aliases=("quality_focal",))
-class QualityFocalLoss(Loss):
-    """Quality Focal Loss: -|y - s|^beta ((1 - y) log(1 - s) + y log s), s = sigmoid(logit), soft
-    targets y in [0, 1] (int class maps -> one-hot). Mean over elements."""
-
-    def __init__(self, beta: float = 2.0, ignore_index: Optional[int] = None, mode: Optional[str] = None,
-                 reduction: str = "mean"):
-        super().__init__(mode, ignore_index, reduction)
-        self.beta = _number(beta, self.name, "beta")
-
-    def compute(self, x: Tensor, t: LF.Targets) -> Tensor:
-        return LF.quality_focal_loss(x, t, self.beta, self.reduction)
 
 
 class CombinedLoss(nn.Module):
@@ -356,11 +66,11 @@ class UserLoss(nn.Module):
         self.fn = None if isinstance(fn, nn.Module) else fn
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        with _autocast_off(logits.device.type):
-            out = (self.fn or self.inner)(_fp32(logits), _fp32(target))
-        _check(isinstance(out, Tensor), self.spec, f"returned {type(out).__name__}; a loss must return a tensor")
-        _check(out.numel() == 1, self.spec, f"returned shape {tuple(out.shape)}; reduce it to a scalar (e.g. .mean())")
-        return _fp32(out.reshape(()))
+        with autocast_off(logits.device.type):
+            out = (self.fn or self.inner)(to_fp32(logits), to_fp32(target))
+        check(isinstance(out, Tensor), self.spec, f"returned {type(out).__name__}; a loss must return a tensor")
+        check(out.numel() == 1, self.spec, f"returned shape {tuple(out.shape)}; reduce it to a scalar (e.g. .mean())")
+        return to_fp32(out.reshape(()))
 
     def extra_repr(self) -> str:
         return repr(self.spec)
@@ -375,7 +85,7 @@ def _build(name: str, kwargs: Dict[str, Any]) -> nn.Module:
     ok = _accepted(cls)
     for key in kwargs:
         hint = f" (did you mean {closest(key, ok)!r}?)" if closest(key, ok) else ""
-        _check(key in ok, LOSSES.canonical(name), f"unknown option {key!r}{hint}; it takes {', '.join(ok)}")
+        check(key in ok, LOSSES.canonical(name), f"unknown option {key!r}{hint}; it takes {', '.join(ok)}")
     return cls(**kwargs)
 
 
@@ -387,8 +97,8 @@ def _user_loss(spec: str, kwargs: Dict[str, Any]) -> nn.Module:
         except Exception as e:  # wrong kwargs or a failing __init__: one line, like a failing import
             raise ConfigError(f"--loss {spec}: cannot create {obj.__name__}(**{kwargs}): {type(e).__name__}: {e}") from e
         kwargs = {}
-    _check(callable(obj), spec, f"is a {type(obj).__name__}, not a function or nn.Module class")
-    _check(not kwargs or not isinstance(obj, nn.Module), spec, "a module object takes no --loss-kwargs")
+    check(callable(obj), spec, f"is a {type(obj).__name__}, not a function or nn.Module class")
+    check(not kwargs or not isinstance(obj, nn.Module), spec, "a module object takes no --loss-kwargs")
     try:
         sig = inspect.signature(obj.forward if isinstance(obj, nn.Module) else obj)
     except (TypeError, ValueError):  # builtins without a signature: trust them
@@ -415,7 +125,7 @@ def _combine(terms: List[Tuple[str, float]], kwargs: Dict[str, Any]) -> nn.Modul
     aliases: Dict[str, str] = {}  # every name a prefix may use -> member key
     for spec, _ in terms:
         key = spec.rpartition(":")[2] if is_user_spec(spec) else LOSSES.canonical(spec)
-        _check(key not in keys, spec, "appears twice in the combination; give it one weight")
+        check(key not in keys, spec, "appears twice in the combination; give it one weight")
         keys[key] = spec
         aliases.update({spec: key, key: key})
     routed: Dict[str, Dict[str, Any]] = {k: {} for k in keys}
@@ -442,10 +152,10 @@ def create_loss(spec: Spec, **kwargs: Any) -> nn.Module:
     (``"path/to/file.py:fn"`` / ``"pkg.module:Cls"``: a function ``fn(output, target)``, called with
     the kwargs as keywords, or a class instantiated with them). Bad specs raise ConfigError."""
     if isinstance(spec, nn.Module):
-        _check(not kwargs, type(spec).__name__, "a ready module takes no kwargs")
+        check(not kwargs, type(spec).__name__, "a ready module takes no kwargs")
         return spec
     if isinstance(spec, Mapping):
-        _check(len(spec) > 0, "{}", "an empty mapping names no loss")
+        check(len(spec) > 0, "{}", "an empty mapping names no loss")
         return _combine([(str(k).strip(), _weight(w, str(k))) for k, w in spec.items()], kwargs)
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"--loss: {spec!r} is not a loss; use one of {', '.join(LOSSES.names())} or file.py:fn")
@@ -454,7 +164,7 @@ def create_loss(spec: Spec, **kwargs: Any) -> nn.Module:
         terms = []
         for part in spec.split("+"):
             left, star, right = (p.strip() for p in part.partition("*"))
-            _check(bool(left), spec, "an empty term; write e.g. dice+bce")
+            check(bool(left), spec, "an empty term; write e.g. dice+bce")
             terms.append((right, _weight(left, part)) if star else (left, 1.0))
         return _combine(terms, kwargs)
     if is_user_spec(spec):
