@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kernel import aug_ops, augment, imgaug_compat
+from kernel import aug_backends, aug_ops, augment, imgaug_compat
 from kernel.aug_ops import IMGAUG_OPS, TORCHVISION_OPS
 from kernel.augment import BACKENDS, PRESETS, augment_batch, build_transform, save_aug_grid, seed_worker
 from kernel.registry import ConfigError
@@ -159,7 +159,7 @@ def test_runtime_failure_falls_back_with_one_warning(caplog, monkeypatch):
             raise RuntimeError("boom")
 
     t._state["pipe"] = Broken()
-    monkeypatch.setattr(augment, "_WARNED", set())
+    monkeypatch.setattr(aug_backends, "_WARNED", set())
     img = noise_image()
     with caplog.at_level(logging.WARNING, logger="kernel.augment"):
         outs = [t(img) for _ in range(3)]
@@ -290,7 +290,7 @@ def test_missing_imgaug_auto_falls_back_once_and_explicit_raises(monkeypatch, ca
         raise ImportError(f"imgaug is not importable (blocked); {imgaug_compat.HOW_TO_INSTALL}")
 
     monkeypatch.setattr(imgaug_compat, "import_imgaug", no_imgaug)
-    monkeypatch.setattr(augment, "_WARNED", set())
+    monkeypatch.setattr(aug_backends, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="kernel.augment"):
         ts = [build(p, "auto") for p in ("default", "heavy", "light")]
     assert [t.backend for t in ts] == ["torchvision"] * 3
