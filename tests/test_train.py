@@ -68,9 +68,10 @@ def test_learns_shapes_from_csv(tmp_path, shapes480):
     assert summary["best_metric"] >= 90.0, summary
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path, shapes480):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_after_sigkill_is_bit_identical(tmp_path, shapes480, workers):
     base = [sys.executable, "-m", "kernel.train", "--data", str(shapes480 / "train"), "--model", "resnet10t",
-            "--img-size", "32", "--epochs", "4", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+            "--img-size", "32", "--epochs", "4", "--batch-size", "16", "--workers", workers, "--device", "cpu",
             "--deterministic", "--aug", "light", "--warmup-steps", "5", "--output", str(tmp_path)]
     full = subprocess.run(base + ["--name", "full"], env=ENV, capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr
