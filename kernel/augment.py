@@ -31,7 +31,6 @@ from .aug_backends import first_time, warn_once
 from .aug_grid import save_aug_grid
 from .aug_ops import IMGAUG_OPS, TORCHVISION_OPS, check_names, op_names, preset_ops
 from .aug_pipeline import INTERP, AugmentTransform, augment_batch, smoke_test
-from .aug_pipeline import channel_stats as _channel_stats  # noqa: F401  (its old private name; tests use it)
 from .aug_presets import PRESETS
 from .registry import ConfigError, Registry
 

@@ -20,7 +20,7 @@ from torch import nn
 
 __all__ = [
     "unwrap_model", "atomic_write", "save_checkpoint", "load_checkpoint", "rng_state",
-    "set_rng_state", "export_safetensors", "find_last_checkpoint",
+    "set_rng_state", "export_safetensors",
 ]
 
 
@@ -103,13 +103,3 @@ def export_safetensors(model: nn.Module, classes: List[str], path: str | os.Path
     atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
     classes_path = Path(path).with_name("classes.json")
     atomic_write(classes_path, lambda tmp: Path(tmp).write_text(json.dumps(classes, indent=1)))
-
-
-def find_last_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
-    """``run_dir/last.pt`` if it exists, else the newest ``last.pt`` below ``run_dir``."""
-    run_dir = Path(run_dir)
-    direct = run_dir / "last.pt"
-    if direct.is_file():
-        return direct
-    found = sorted(run_dir.rglob("last.pt"), key=lambda p: p.stat().st_mtime) if run_dir.is_dir() else []
-    return found[-1] if found else None

@@ -118,7 +118,7 @@ class Options:
     predict: Any = _opt(None, "prediction to run after training (config file only)", cli=False)
 
 
-_GROUPS = {"general": "general", "data": "data", "model": "model", "optimization": "optimization"}
+_GROUPS = ("general", "data", "model", "optimization")
 _FIELDS = {f.name: f for f in dataclasses.fields(Options)}
 _NOT_SAVED = ("config", "list_models", "summary", "preview_lr", "show_aug")
 
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     p = _Parser(prog="python -m kernel.train", description="Fine-tune an image classifier (timm/torchvision).",
                 argument_default=argparse.SUPPRESS)
-    groups = {g: p.add_argument_group(title) for g, title in _GROUPS.items()}
+    groups = {g: p.add_argument_group(g) for g in _GROUPS}
     for f in dataclasses.fields(Options):
         m = f.metadata
         if not m.get("cli", True):

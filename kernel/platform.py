@@ -100,7 +100,7 @@ def resolve_path(path: Optional[str], option: str) -> Optional[str]:
 
     Raises ConfigError naming the option, and on Kaggle listing what is mounted.
     """
-    if path in (None, "", "none", "shapes", "hub"):
+    if not path:
         return path
     if os.path.exists(path):
         return path

@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, TypeVar
+from typing import Any, Dict, Generic, Iterable, List, Optional, TypeVar
 
 __all__ = ["ConfigError", "Registry", "closest", "parse_kwargs", "parse_literal", "load_user_object", "is_user_spec"]
 

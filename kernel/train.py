@@ -23,14 +23,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
 from . import __version__
 from .augment import build_transform, save_aug_grid, seed_worker
-from .checkpoint import (atomic_write, export_safetensors, find_last_checkpoint, load_checkpoint, rng_state,
+from .checkpoint import (atomic_write, export_safetensors, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, unwrap_model)
 from .data import Subset, TransformedDataset, build_loader, build_sources
 from .finetune import (create_model, create_optimizer, list_models, model_summary, param_groups,
@@ -72,7 +72,7 @@ def _resume_path(opts: Options, run_dir: Path) -> Optional[Path]:
     if not opts.resume:
         return None
     if opts.resume == "auto":
-        found = find_last_checkpoint(run_dir)
+        found = run_dir / "last.pt" if (run_dir / "last.pt").is_file() else None
         if found is None and detect_platform() == "kaggle":
             found = find_in_inputs(f"{opts.name}/last.pt")
         if found is None:
@@ -103,7 +103,7 @@ def run(opts: Options) -> Dict[str, Any]:
     log.info("kernel %s on %s (%s), torch %s", __version__, detect_platform(), device, torch.__version__)
 
     split = build_sources(
-        resolve_path(opts.data, "data"), val_data=resolve_path(opts.val_data, "val-data") or "",
+        opts.data if opts.data == "shapes" else resolve_path(opts.data, "data"), val_data=resolve_path(opts.val_data, "val-data") or "",
         val_split=opts.val_split, csv_file=opts.csv, image_dir=opts.image_dir, image_col=opts.image_col,
         label_col=opts.label_col, in_chans=opts.in_chans, seed=opts.seed)
     train_src, val_src = split.train, split.val

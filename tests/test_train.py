@@ -92,7 +92,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, shapes480, workers):
     resumed = subprocess.run(base + ["--name", "cut", "--resume", "auto"], env=ENV, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from" in resumed.stderr
+    assert "resumed from" in resumed.stderr
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 4
