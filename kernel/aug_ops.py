@@ -19,13 +19,11 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .aug_noise import add_gaussian_noise, custom_factory
-from .aug_presets import preset_ops
+from .aug_noise import custom_factory
 from .registry import ConfigError, Registry
 
 __all__ = ["OpInfo", "IMGAUG_OPS", "TORCHVISION_OPS", "AUTOMATIC_OPS", "build_ops", "split_entry", "op_names", "describe",
-           "preset_ops", "check_names",
-           "add_gaussian_noise"]
+           "check_names"]
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any, List
 
-__all__ = ["PRESETS", "preset_ops"]
+__all__ = ["PRESETS", "BACKENDS", "preset_ops"]
 
 PRESETS = ("none", "light", "default", "heavy")
+BACKENDS = ("auto", "torchvision", "imgaug")
 
 
 def preset_ops(preset: str, backend: str) -> List[Any]:

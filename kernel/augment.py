@@ -29,15 +29,14 @@ import torch
 from . import imgaug_compat
 from .aug_backends import first_time, warn_once
 from .aug_grid import save_aug_grid
-from .aug_ops import IMGAUG_OPS, TORCHVISION_OPS, check_names, op_names, preset_ops
+from .aug_ops import IMGAUG_OPS, TORCHVISION_OPS, check_names, op_names
 from .aug_pipeline import INTERP, AugmentTransform, augment_batch, smoke_test
-from .aug_presets import PRESETS
+from .aug_presets import BACKENDS, PRESETS, preset_ops
 from .registry import ConfigError, Registry
 
 __all__ = ["PRESETS", "BACKENDS", "build_transform", "preset_ops", "AugmentTransform", "augment_batch",
            "seed_worker", "save_aug_grid"]
 
-BACKENDS = ("auto", "torchvision", "imgaug")
 
 
 def _resolve_backend(spec: Any, backend: str, train: bool) -> Tuple[List[Any], str, bool]:

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Tuple
 import torch
 from torch import nn
 
-from .registry import ConfigError, Registry, closest
+from .registry import ConfigError, Registry, did_you_mean
 
 __all__ = [
     "create_model", "list_models", "head_parameters", "set_backbone_frozen", "train_mode",
@@ -40,8 +40,7 @@ def list_models(pattern: str = "*") -> List[str]:
 
 
 def _unknown_model(name: str) -> ConfigError:
-    hint = closest(name, list_models("*"))
-    hint = f"; did you mean {hint!r}?" if hint else ""
+    hint = did_you_mean(name, list_models("*"))
     return ConfigError(f"--model: unknown model {name!r}{hint} (list them with --list-models '*{name[:4]}*')")
 
 

@@ -181,14 +181,14 @@ def evaluate(model: nn.Module, loader: Any, loss_fn: Callable, *, device: torch.
         seen += images.shape[0]
         if return_outputs:
             p = torch.sigmoid(logits) if targets.ndim == 2 else logits.softmax(dim=1)
-            probs.append(p.cpu())
-            targs.append(targets.cpu())
+            probs.append(p)  # moved to the CPU once at the end: no per-batch sync on CUDA
+            targs.append(targets)
     elapsed = time.perf_counter() - start
     out: Dict[str, Any] = {"loss": (loss_sum / max(seen, 1)).item(), "acc1": (c1 / max(seen, 1)).item() * 100,
                            "images": seen, "img_per_s": seen / max(elapsed, 1e-9)}
     if num_classes > 5:
         out["acc5"] = (c5 / max(seen, 1)).item() * 100
     if return_outputs:
-        out["probs"] = torch.cat(probs) if probs else torch.zeros(0, num_classes)
-        out["targets"] = torch.cat(targs) if targs else torch.zeros(0, dtype=torch.long)
+        out["probs"] = torch.cat(probs).cpu() if probs else torch.zeros(0, num_classes)
+        out["targets"] = torch.cat(targs).cpu() if targs else torch.zeros(0, dtype=torch.long)
     return out

@@ -81,7 +81,9 @@ def prepare_targets(x: Tensor, t: Tensor, mode: Optional[str] = None, ignore_ind
     if t.shape == squeezed and c == 1:
         t = t.unsqueeze(1)  # binary mask without its channel dimension
     if t.shape == squeezed and not t.is_floating_point():  # class map -> one-hot
-        valid = torch.ones_like(t, dtype=x.dtype) if ignore_index is None else (t != ignore_index).to(x.dtype)
+        # No ignore_index: a stride-0 view of one 1, not a full tensor of ones on every call.
+        valid = (torch.ones((), dtype=x.dtype, device=x.device).expand(t.shape) if ignore_index is None
+                 else (t != ignore_index).to(x.dtype))
         if not one_hot and mode == "multiclass":  # an (N, C, H, W) one-hot is big; skip it when unused
             return x, Targets(mode, None, valid.unsqueeze(1), t.long())
         safe = t.long() if ignore_index is None else t.long().masked_fill(t == ignore_index, 0)
@@ -89,7 +91,8 @@ def prepare_targets(x: Tensor, t: Tensor, mode: Optional[str] = None, ignore_ind
             dense = F.one_hot(safe, c).movedim(-1, 1).to(x.dtype)
         except RuntimeError as e:
             raise ConfigError(f"--loss {name}: target labels must lie in [0, {c}) (or equal ignore_index): {e}") from e
-        dense = dense * valid.unsqueeze(1)
+        if ignore_index is not None:
+            dense = dense * valid.unsqueeze(1)
         if mode != "multiclass":  # one-vs-rest: an ignored pixel is ignored in every channel
             valid = valid.unsqueeze(1).expand_as(dense)
             return x, Targets(mode, dense, valid, None)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .loss_modules import (LOSSES, BCELoss, CrossEntropyLoss, DiceBCELoss, DiceLoss, FocalLoss, IoULoss, KLDivLoss,
                            L1Loss, Loss, MSELoss, QualityFocalLoss, SmoothL1Loss, TverskyLoss, autocast_off, check,
                            to_fp32)
-from .registry import ConfigError, closest, is_user_spec, load_user_object
+from .registry import ConfigError, did_you_mean, is_user_spec, load_user_object
 
 __all__ = [
     "LOSSES", "create_loss", "Loss", "CrossEntropyLoss", "BCELoss", "MSELoss", "L1Loss", "SmoothL1Loss",
@@ -84,8 +84,9 @@ def _build(name: str, kwargs: Dict[str, Any]) -> nn.Module:
     cls = LOSSES.get(name)
     ok = _accepted(cls)
     for key in kwargs:
-        hint = f" (did you mean {closest(key, ok)!r}?)" if closest(key, ok) else ""
-        check(key in ok, LOSSES.canonical(name), f"unknown option {key!r}{hint}; it takes {', '.join(ok)}")
+        if key not in ok:
+            hint = did_you_mean(key, ok)
+            check(False, cls.name, f"unknown option {key!r}{hint}; it takes {', '.join(ok)}")
     return cls(**kwargs)
 
 

@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 from torch.optim import lr_scheduler as tls
 
 from .lr_expr import compile_lr_expr, eval_lr_expr
-from .registry import ConfigError, Registry, closest, is_user_spec, load_user_object
+from .registry import ConfigError, Registry, did_you_mean, is_user_spec, load_user_object
 
 __all__ = ["SCHEDULERS", "SchedSpec", "BuildCtx", "canonical_name", "check_kwargs", "resolve_interval", "uses_step",
            "step_decay_factor"]
@@ -281,8 +281,7 @@ def check_kwargs(label: str, spec: SchedSpec, kwargs: Dict[str, Any]) -> Dict[st
     """Refuse kwargs ``spec`` does not accept (naming the scheduler and what it accepts); coerce ints."""
     unknown = [k for k in kwargs if k not in spec.kwargs]
     if unknown:
-        hint = closest(unknown[0], spec.kwargs) if spec.kwargs else None
-        hint = f" Did you mean {hint!r}?" if hint else ""
+        hint = did_you_mean(unknown[0], spec.kwargs, sentence=True)
         accepted = ", ".join(spec.kwargs) or "no kwargs"
         raise ConfigError(f"--sched-kwargs: scheduler {label!r} does not take {', '.join(unknown)}.{hint} "
                           f"It accepts: {accepted}")

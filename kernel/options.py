@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .registry import ConfigError, closest
+from .registry import ConfigError, did_you_mean
 
 __all__ = ["Options", "build_parser", "parse_options", "load_config_file", "save_config", "options_to_dict"]
 
@@ -27,12 +27,12 @@ def _choices_sched() -> List[str]:
 
 
 def _choices_aug() -> List[str]:
-    from .augment import PRESETS
+    from .aug_presets import PRESETS  # no torch/OpenCV import just to list names
     return list(PRESETS)
 
 
 def _choices_aug_backend() -> List[str]:
-    from .augment import BACKENDS
+    from .aug_presets import BACKENDS
     return list(BACKENDS)
 
 
@@ -133,8 +133,7 @@ class _Parser(argparse.ArgumentParser):
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if action.choices is not None and value not in action.choices:
-            hint = closest(str(value), [str(c) for c in action.choices])
-            hint = f"; did you mean {hint!r}?" if hint else ""
+            hint = did_you_mean(str(value), [str(c) for c in action.choices])
             raise argparse.ArgumentError(
                 action, f"invalid choice {value!r}{hint} (choose from {', '.join(map(str, action.choices))})")
 
@@ -174,9 +173,9 @@ def load_config_file(path: str) -> Dict[str, Any]:
     """Read a YAML or JSON mapping of option names (dashes or underscores) to values."""
     if not os.path.isfile(path):
         raise ConfigError(f"--config: file {path!r} not found")
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
     try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
         if path.endswith(".json"):
             data = json.loads(text)
         else:
@@ -200,8 +199,7 @@ def _check(values: Dict[str, Any], source: str) -> Dict[str, Any]:
         if name == "kaggle":  # build.py's section of kernel-metadata overrides; not a run option
             continue
         if name not in _FIELDS or name == "config":
-            hint = closest(name, list(_FIELDS))
-            hint = f"; did you mean {hint!r}?" if hint else ""
+            hint = did_you_mean(name, list(_FIELDS))
             raise ConfigError(f"{source}: unknown option {key!r}{hint}")
         f = _FIELDS[name]
         flag = "--" + name.replace("_", "-")
@@ -220,8 +218,7 @@ def _check(values: Dict[str, Any], source: str) -> Dict[str, Any]:
             value = "" if value is None else str(value)
         choices = _choices(f)
         if choices and isinstance(value, str) and value not in choices:
-            hint = closest(value, choices)
-            hint = f"; did you mean {hint!r}?" if hint else ""
+            hint = did_you_mean(value, choices)
             raise ConfigError(f"{source}: {flag} {value!r} is not one of {', '.join(choices)}{hint}")
         out[name] = value
     return out

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .checkpoint import load_checkpoint
-from .registry import ConfigError, closest
+from .registry import ConfigError, did_you_mean
 from .submission import collect_inputs, write_predictions_csv, write_submission
 
 __all__ = ["Predictor", "load_predictor", "predict_probs", "predict", "predict_after_training",
@@ -61,7 +61,7 @@ def _read_json_classes(path: Path) -> Optional[List[str]]:
     if not path.is_file():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
-    return list(data["classes"] if isinstance(data, dict) else data)  # train.py writes a dict, export a list
+    return list(data)
 
 
 def _load_weights(path: Path) -> Tuple[Dict[str, torch.Tensor], List[str], Dict[str, Any], bool]:
@@ -200,8 +200,7 @@ def check_predict_spec(spec: Any, resolve_paths: bool = False) -> Dict[str, Any]
     for key, value in spec.items():
         name = str(key).replace("-", "_")
         if name not in PREDICT_DEFAULTS:
-            hint = closest(name, list(PREDICT_DEFAULTS))
-            raise ConfigError(f"predict: unknown key {key!r}{f'; did you mean {hint!r}?' if hint else ''} "
+            raise ConfigError(f"predict: unknown key {key!r}{did_you_mean(name, PREDICT_DEFAULTS)} "
                               f"(keys: {', '.join(PREDICT_DEFAULTS)})")
         out[name] = value
     inputs = [out["inputs"]] if isinstance(out["inputs"], str) else out["inputs"]
@@ -233,8 +232,7 @@ def check_predict_spec(spec: Any, resolve_paths: bool = False) -> Dict[str, Any]
 
 def predict_after_training(spec: Dict[str, Any], run_dir: str | os.PathLike, opts: Any) -> Dict[str, Any]:
     """Run a checked ``predict:`` section with ``run_dir/best.pt``; relative outputs go into ``run_dir``."""
-    run_dir = Path(run_dir)
-    s = check_predict_spec(spec)
+    run_dir, s = Path(run_dir), spec
     sub = s["submission"]
     submission = None if sub is False or sub == "" else str(run_dir / ("submission.csv" if sub is True else sub))
     pick = lambda key, default: default if s[key] is None else s[key]

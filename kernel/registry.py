@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, Dict, Generic, Iterable, List, Optional, TypeVar
 
-__all__ = ["ConfigError", "Registry", "closest", "parse_kwargs", "parse_literal", "load_user_object", "is_user_spec"]
+__all__ = ["ConfigError", "Registry", "closest", "did_you_mean", "parse_kwargs", "parse_literal", "load_user_object", "is_user_spec"]
 
 T = TypeVar("T")
 
@@ -32,6 +32,15 @@ def closest(name: str, known: Iterable[str]) -> Optional[str]:
         low = name.lower()
         match = [k for k in known if k.lower() == low or k.lower().startswith(low[:3])][:1]
     return match[0] if match else None
+
+
+def did_you_mean(name: str, known: Iterable[str], sentence: bool = False) -> str:
+    """The closest-match hint for an error message: ``"; did you mean 'x'?"`` (or, after a full
+    stop, ``" Did you mean 'x'?"``), or ``""`` when nothing is close."""
+    hint = closest(name, known)
+    if hint is None:
+        return ""
+    return f" Did you mean {hint!r}?" if sentence else f"; did you mean {hint!r}?"
 
 
 class Registry(Generic[T]):
@@ -66,8 +75,7 @@ class Registry(Generic[T]):
         if name in self._aliases:
             return self._aliases[name]
         known = self.names(with_aliases=True)
-        hint = closest(name, known)
-        hint = f" Did you mean {hint!r}?" if hint else ""
+        hint = did_you_mean(name, known, sentence=True)
         raise ConfigError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}")
 
     def get(self, name: str) -> T:
@@ -167,8 +175,7 @@ def load_user_object(spec: str, what: str = "object") -> Any:
             raise ConfigError(f"{what} {spec!r}: cannot import module {path!r} ({e})") from e
     if not hasattr(module, attr):
         public = [n for n in dir(module) if not n.startswith("_")]
-        hint = closest(attr, public)
-        hint = f" Did you mean {hint!r}?" if hint else ""
+        hint = did_you_mean(attr, public, sentence=True)
         raise ConfigError(f"{what} {spec!r}: {path!r} has no attribute {attr!r}.{hint}")
     return getattr(module, attr)
 

@@ -59,7 +59,7 @@ def write_metrics_csv(history: List[Dict[str, Any]], path: Path) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8"))
 
 
-def write_json(data: Dict[str, Any], path: Path) -> None:
+def write_json(data: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -58,9 +58,9 @@ class EpochReporter:
         self._plots_ok = True
         self._fresh = start_epoch <= 1  # a resumed run's events already hold the graph and samples
 
-    def _safe(self, name: str, fn: Callable[[], Any]) -> None:
-        """Run one plot; any error becomes a warning (a plot must never cost a training run)."""
-        if not self._plots_ok:
+    def _safe(self, name: str, fn: Callable[[], Any], needs_matplotlib: bool = True) -> None:
+        """Run one output writer; any error becomes a warning (a plot must never cost a training run)."""
+        if needs_matplotlib and not self._plots_ok:
             return
         try:
             fn()
@@ -99,7 +99,7 @@ class EpochReporter:
             stats.update(plots.per_class_stats(probs, targets, multilabel))
             plots.write_per_class_csv(stats, self.classes, self.run_dir / "per_class.csv")
 
-        self._safe("per_class.csv", per_class)
+        self._safe("per_class.csv", per_class, needs_matplotlib=False)  # numpy and csv only
         if "cm" in stats:  # single-label only: a multi-label confusion matrix is not defined
             self._safe("confusion_matrix.png", lambda: plots.plot_confusion_matrix(
                 stats["cm"], self.classes, self.run_dir / "confusion_matrix.png", title=title))
@@ -109,7 +109,7 @@ class EpochReporter:
                 self.samples[:len(idx)], probs[idx], targets[idx], self.classes, self.run_dir / "predictions.png",
                 mean=self.mean, std=self.std, multilabel=multilabel, title=title))
 
-    def on_train_end(self, summary: Optional[Dict[str, Any]] = None) -> None:
+    def on_train_end(self) -> None:
         self.close()
 
     def close(self) -> None:

@@ -32,12 +32,11 @@ import torch
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as tls
 
-from .lr_builders import (SCHEDULERS, BuildCtx, SchedSpec, canonical_name, check_kwargs, resolve_interval,
-                          step_decay_factor)
+from .lr_builders import SCHEDULERS, BuildCtx, SchedSpec, canonical_name, check_kwargs, resolve_interval
 from .registry import ConfigError
 
 __all__ = ["SCHEDULERS", "SchedSpec", "LRSchedule", "create_scheduler", "preview_lr", "format_lr_table",
-           "step_decay_factor", "warmup_factor"]
+           "warmup_factor"]
 
 # Torch warns when a scheduler steps before its optimizer ever did. Under GradScaler the first
 # updates of a run can all be skipped (inf grads at scale 2**16) while the order is still right,

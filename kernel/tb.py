@@ -28,8 +28,8 @@ SCALAR_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": 
 class TensorBoardLogger:
     """A thin SummaryWriter wrapper: per-epoch scalars, sample images, the model graph."""
 
-    def __init__(self, writer: Any, log_dir: str):
-        self.writer, self.log_dir = writer, log_dir
+    def __init__(self, writer: Any):
+        self.writer = writer
 
     @classmethod
     def open(cls, log_dir: str | os.PathLike, enabled: bool = True,
@@ -51,7 +51,7 @@ class TensorBoardLogger:
         except Exception as e:  # e.g. read-only folder
             log.warning("TensorBoard disabled: cannot write to %s (%s: %s)", log_dir, type(e).__name__, e)
             return None
-        return cls(writer, str(log_dir))
+        return cls(writer)
 
     def _fail(self, what: str, e: Exception) -> None:
         log.warning("TensorBoard %s failed, events disabled for this run (%s: %s)", what, type(e).__name__, e)

@@ -197,10 +197,10 @@ def run(opts: Options) -> Dict[str, Any]:
     predict_spec = check_predict_spec(opts.predict, resolve_paths=True) if opts.predict else None
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(opts, run_dir / "config.yaml")
-    write_json({"classes": split.classes}, run_dir / "classes.json")
+    write_json(split.classes, run_dir / "classes.json")  # same format as export_safetensors
     reporter = EpochReporter(run_dir, classes=split.classes, mean=dcfg["mean"], std=dcfg["std"],
                              monitor=opts.monitor, multilabel=split.multilabel,
-                             val_dataset=TransformedDataset(val_src, eval_tf), tensorboard=opts.tensorboard,
+                             val_dataset=val_loader.dataset, tensorboard=opts.tensorboard,
                              start_epoch=start_epoch)
     reporter.on_train_start(unwrap_model(model), (opts.in_chans, dcfg["img_size"], dcfg["img_size"]), device)
     maximize = opts.monitor == "val_acc"
@@ -262,7 +262,7 @@ def run(opts: Options) -> Dict[str, Any]:
                "wall_time": round(time.time() - start_time, 3), "run_dir": str(run_dir),
                "classes": split.classes, "version": __version__}
     write_json(summary, run_dir / "summary.json")
-    reporter.on_train_end(summary)
+    reporter.on_train_end()
     log.info("done: best %s %.4g at epoch %d; outputs in %s", opts.monitor, best if best is not None else float("nan"),
              best_epoch, run_dir.resolve())
     if predict_spec is not None and (run_dir / "best.pt").is_file():

@@ -147,7 +147,8 @@ def test_pickle_roundtrip_and_augment_batch():
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         x, m = augment_batch(t, [img] * 3, [mask] * 3)
         assert x.shape == (3, 3, 32, 32) and m.shape == (3, 32, 32) and m.dtype == torch.int64
-        assert augment_batch(t, [img, img[:30]])[1] is None  # mixed shapes: per-sample path
+        mixed = augment_batch(t, [img, img[:30]])  # mixed shapes: the per-sample path
+        assert mixed[0].shape == (2, 3, 32, 32) and mixed[1] is None
 
 
 def test_runtime_failure_falls_back_with_one_warning(caplog, monkeypatch):

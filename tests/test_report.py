@@ -148,6 +148,16 @@ def test_plot_failure_never_fails_the_run(tmp_path, monkeypatch):
     assert (run / "predictions.png").is_file() and (run / "per_class.csv").is_file()  # the others still work
 
 
+def test_without_matplotlib_per_class_csv_is_still_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # every plot's import now raises ImportError
+    assert main(small_args(tmp_path, "--dry-run", "--epochs", "1", "--name", "nompl", "--no-tensorboard")) == 0
+    run = tmp_path / "nompl"
+    log = (run / "train.log").read_text()
+    assert log.count("plots disabled") == 1
+    assert (run / "per_class.csv").is_file()  # numpy and csv only: not gated on matplotlib
+    assert not any((run / f).exists() for f in ("curves.png", "confusion_matrix.png", "predictions.png"))
+
+
 def test_tensorboard_absent_is_one_log_line(tmp_path, monkeypatch, caplog):
     from kernel.tb import TensorBoardLogger
 

@@ -410,5 +410,7 @@ def test_preview_writes_png_and_table_and_restores_the_schedule(name, kwargs, tm
     assert table.splitlines()[0].split() == ["epoch", "lr_start", "lr_end"] and len(table.splitlines()) == E + 1
     assert schedule.get_last_lr() == before  # the real run starts from the beginning
     ref_opt = make_opt()
-    assert drive(schedule, opt, metrics=[0.5] * E) == pytest.approx(
-        drive(create_scheduler(name, ref_opt, epochs=E, steps_per_epoch=S, **kwargs), ref_opt, metrics=[0.5] * E))
+    ref = drive(create_scheduler(name, ref_opt, epochs=E, steps_per_epoch=S, **kwargs), ref_opt, metrics=[0.5] * E)
+    assert drive(schedule, opt, metrics=[0.5] * E) == pytest.approx(ref)
+    # The table's numbers are the LR of each epoch's first and last update in a real run.
+    assert [r[1:] for r in rows] == pytest.approx([(ref[e * S], ref[e * S + S - 1]) for e in range(E)])
