@@ -734,18 +734,14 @@ def read_config(path: Optional[Path]) -> Dict[str, Any]:
         return {}
     if is_secret_name(path.name):
         raise BuildError(f"--config {path}: names a credentials file; give the run's YAML config")
-    if not path.is_file():
-        raise BuildError(f"--config {path}: file not found")
+    # The same reader as `python -m kernel.train --config` (kernel.options imports no torch).
+    from kernel.options import load_config_file
+    from kernel.registry import ConfigError
+
     try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BuildError(f"--config {path}: cannot parse: {' '.join(str(e).split())[:200]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise BuildError(f"--config {path}: must be a mapping of option: value, not {type(data).__name__}")
-    return data
+        return load_config_file(str(path))
+    except ConfigError as e:
+        raise BuildError(str(e)) from None
 
 
 def _set_owner(ref: str, owner: str) -> str:
