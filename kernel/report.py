@@ -43,10 +43,17 @@ def setup_logging(run_dir: Optional[Path], level: int = logging.INFO) -> logging
 
 
 def close_logging() -> None:
+    """Remove the run's handlers and give the ``kernel`` logger back its defaults.
+
+    A notebook (or a test) that runs several trainings in one process must not inherit the
+    level or the non-propagation of an earlier run.
+    """
     logger = logging.getLogger("kernel")
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
 
 
 def write_metrics_csv(history: List[Dict[str, Any]], path: Path) -> None:

@@ -362,7 +362,8 @@ def test_custom_lists_each_backend():
     assert aug_ops._imgaug_value({"x": [0, 1]}) == {"x": (0, 1)} and aug_ops._imgaug_value({"choice": [0, 9]}) == [0, 9]
 
 
-def test_rgb_only_ops_skipped_for_other_channel_counts(caplog):
+def test_rgb_only_ops_skipped_for_other_channel_counts(caplog, monkeypatch):
+    monkeypatch.setattr(aug_backends, "_WARNED", set())  # the warning is once per process
     with caplog.at_level(logging.WARNING, logger="kernel.augment"):
         t = build(["Fliplr", "Grayscale", {"AddToHueAndSaturation": {"value": 10}}], "imgaug", in_chans=4)
     check_output(t(shapes_sample(40, 40, 4)[0]), 32, 4, False)

@@ -162,12 +162,8 @@ def test_tensorboard_absent_is_one_log_line(tmp_path, monkeypatch, caplog):
     from kernel.tb import TensorBoardLogger
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
-    logger = logging.getLogger("kernel.tb")
-    logger.addHandler(caplog.handler)
-    try:
-        assert TensorBoardLogger.open(tmp_path / "tb") is None
-    finally:
-        logger.removeHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="kernel")
+    assert TensorBoardLogger.open(tmp_path / "tb") is None
     lines = [r.getMessage() for r in caplog.records if "tensorboard" in r.getMessage().lower()]
     assert len(lines) == 1 and "not installed" in lines[0]
     assert not (tmp_path / "tb").exists()

@@ -155,14 +155,9 @@ def test_progress_lines_without_a_tty(caplog):
 
     from kernel.report import Progress
 
-    logger = logging.getLogger("kernel")
-    logger.addHandler(caplog.handler)  # the package logger does not propagate to the root
-    logger.setLevel(logging.INFO)
-    try:
-        p = Progress("epoch 1/1", every=2, tty=False)
-        for i in range(1, 6):
-            p(i, 5, lambda: {"loss": 0.5})
-    finally:
-        logger.removeHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="kernel")
+    p = Progress("epoch 1/1", every=2, tty=False)
+    for i in range(1, 6):
+        p(i, 5, lambda: {"loss": 0.5})
     lines = [r.getMessage() for r in caplog.records]
     assert [l.split()[2] for l in lines] == ["2/5", "4/5", "5/5"] and all("loss 0.5" in l for l in lines)
