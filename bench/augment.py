@@ -152,7 +152,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    from kernel.imgaug_compat import patches_applied
+    from kernel.augment.imgaug_compat import patches_applied
 
     images = make_images(32)
     pipes = pipelines(images)

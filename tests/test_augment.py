@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kernel import aug_backends, aug_ops, aug_pipeline, imgaug_compat
-from kernel.aug_ops import IMGAUG_OPS, TORCHVISION_OPS
+from kernel.augment import backends as aug_backends, imgaug_compat, ops as aug_ops, pipeline as aug_pipeline
+from kernel.augment.ops import IMGAUG_OPS, TORCHVISION_OPS
+from kernel.data import fit_channel_stats
 from kernel.augment import BACKENDS, PRESETS, augment_batch, build_transform, save_aug_grid, seed_worker
 from kernel.registry import ConfigError
 
@@ -59,8 +60,8 @@ def check_output(out, size: int, chans: int, with_mask: bool) -> None:
 
 def denorm_gray(img: torch.Tensor) -> np.ndarray:
     c = img.shape[0]
-    m = torch.tensor(aug_pipeline.channel_stats(MEAN, c, "mean")).view(-1, 1, 1)
-    s = torch.tensor(aug_pipeline.channel_stats(STD, c, "std")).view(-1, 1, 1)
+    m = torch.tensor(fit_channel_stats(MEAN, c, "mean")).view(-1, 1, 1)
+    s = torch.tensor(fit_channel_stats(STD, c, "std")).view(-1, 1, 1)
     return (img * s + m).mean(0).numpy()
 
 

@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from kernel.checkpoint import (atomic_write, export_safetensors, load_checkpoint, rng_state, save_checkpoint,
-                               set_rng_state, unwrap_model)
+from kernel.engine import (export_safetensors, load_checkpoint, load_trained, make_checkpoint, read_checkpoint,
+                           rng_state, save_checkpoint, set_rng_state, unwrap_model)
+from kernel.paths import atomic_write
+from kernel.registry import ConfigError
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
@@ -40,8 +42,34 @@ def test_unwrap_strips_wrappers_and_safetensors_export(tmp_path):
     wrapped = nn.DataParallel(model)
     assert unwrap_model(wrapped) is model
     assert list(unwrap_model(wrapped).state_dict()) == ["weight", "bias"]
-    export_safetensors(wrapped, ["a", "b", "c"], tmp_path / "model.safetensors")
+    export_safetensors(wrapped, ["a", "b", "c"], tmp_path / "model.safetensors", task="classify",
+                       meta={"multilabel": False}, model_name="linear", in_chans=2)
     from safetensors import safe_open
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
         assert sorted(f.keys()) == ["bias", "weight"] and '"a"' in f.metadata()["classes"]
     assert (tmp_path / "classes.json").read_text().count('"') == 6
+    trained = load_trained(tmp_path / "model.safetensors")
+    assert trained["classes"] == ["a", "b", "c"] and trained["task"] == "classify"
+    assert torch.equal(trained["model"]["weight"], model.weight.detach())
+
+
+def test_checkpoint_schema_round_trip_and_refusals(tmp_path):
+    model = nn.Linear(2, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = make_checkpoint(model=nn.DataParallel(model), task="classify", classes=["a", "b", "c"],
+                           meta={"multilabel": False}, options={"model": "x"}, epoch=2, best_metric=0.5,
+                           best_epoch=1, history=[{"epoch": 1}], optimizer=opt)
+    save_checkpoint(ckpt, tmp_path / "last.pt")
+    back = read_checkpoint(tmp_path / "last.pt")
+    assert back["format"] == 2 and back["epoch"] == 2 and list(back["model"]) == ["weight", "bias"]
+    # Format 1 (kernel 0.1.0) is read as format 2.
+    save_checkpoint({"model": model.state_dict(), "classes": ["a"], "multilabel": True, "epoch": 1,
+                     "options": {}}, tmp_path / "v1.pt")
+    v1 = read_checkpoint(tmp_path / "v1.pt")
+    assert v1["task"] == "classify" and v1["meta"] == {"multilabel": True}
+    save_checkpoint({**ckpt, "format": 99}, tmp_path / "future.pt")
+    with pytest.raises(ConfigError, match="newer than this bundle"):
+        read_checkpoint(tmp_path / "future.pt")
+    save_checkpoint({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="not a kernel.train checkpoint"):
+        read_checkpoint(tmp_path / "other.pt")

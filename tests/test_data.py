@@ -5,7 +5,7 @@ from PIL import Image
 
 from kernel.data import CsvSource, FolderSource, build_sources, load_image, stratified_split
 from kernel.registry import ConfigError
-from kernel.shapes import SHAPE_CLASSES, ShapesSource
+from kernel.data import SHAPE_CLASSES, ShapesSource
 
 
 def _odd_images():

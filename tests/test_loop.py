@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from kernel.loop import accuracy, evaluate, make_scaler, resolve_amp_dtype, train_one_epoch
+from kernel.engine import evaluate, make_scaler, resolve_amp_dtype, train_one_epoch
+from kernel.tasks.classify import ClassifyMeter, accuracy
 
 CPU = torch.device("cpu")
 
@@ -48,7 +49,7 @@ class _CountingSchedule:
 
 
 def test_skipped_fp16_step_does_not_advance_the_schedule():
-    from kernel.scheduler import create_scheduler
+    from kernel.schedule import create_scheduler
 
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -124,7 +125,7 @@ def test_evaluate_reports_top5_and_outputs():
     torch.manual_seed(0)
     model = nn.Linear(5, 7)
     batches = [(torch.randn(4, 5), torch.randint(0, 7, (4,))) for _ in range(2)]
-    m = evaluate(model, batches, nn.CrossEntropyLoss(), device=CPU, return_outputs=True)
+    m = evaluate(model, batches, nn.CrossEntropyLoss(), device=CPU, meter=ClassifyMeter(keep_outputs=True))
     assert {"loss", "acc1", "acc5", "img_per_s"} <= set(m)
     assert m["probs"].shape == (8, 7) and torch.allclose(m["probs"].sum(1), torch.ones(8))
     logits = model(torch.cat([b[0] for b in batches]))

@@ -47,7 +47,8 @@ def test_resolved_config_round_trips(tmp_path):
     (["--opt", "adamw2"], ["--opt", "adamw"]),
     (["--epochs", "0"], ["--epochs", ">= 1"]),
     (["--val-split", "1.5"], ["--val-split"]),
-    (["--bogus"], ["unrecognized arguments"]),
+    (["--bogus"], ["unknown option '--bogus'"]),
+    (["--epoch", "3"], ["unknown option '--epoch'", "did you mean '--epochs'"]),  # no silent abbreviation
 ])
 def test_bad_flags_are_one_clear_line(argv, words):
     with pytest.raises(ConfigError) as e:
@@ -77,7 +78,7 @@ def test_bad_config_files(tmp_path, text, words):
 
 def test_choices_come_from_registries():
     from kernel.augment import PRESETS
-    from kernel.scheduler import SCHEDULERS
+    from kernel.schedule import SCHEDULERS
 
     actions = {a.dest: a for a in build_parser()._actions}
     assert list(actions["sched"].choices) == SCHEDULERS.names()

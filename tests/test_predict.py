@@ -12,15 +12,14 @@ import pytest
 from PIL import Image
 
 from kernel.predict import main as predict_main
-from kernel.shapes import SHAPE_CLASSES
+from kernel.data import SHAPE_CLASSES
 
 from conftest import ROOT
-from test_report import trained_run
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return trained_run(tmp_path_factory)
+@pytest.fixture
+def run(trained_run):
+    return trained_run
 
 
 def _predict(run, *args):

@@ -26,3 +26,14 @@ def test_readme_augmentation_examples_run():
         t.strict = True
         x, m = t(img, mask)
         assert x.shape == (3, 32, 32) and m.shape == (32, 32)
+
+
+def test_readme_layout_table_matches_the_tree():
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Layout"):]
+    named = set(re.findall(r"`(kernel/[\w.]+/?)`", table))
+    tree = {f"kernel/{p.name}/" if p.is_dir() else f"kernel/{p.name}" for p in (ROOT / "kernel").iterdir()
+            if not p.name.startswith(("_", ".")) and (p.is_dir() or p.suffix == ".py")}
+    assert named == tree, (sorted(named - tree), sorted(tree - named))
+    for path in re.findall(r"\| `([\w./-]+)`", table):  # every other path the table names exists
+        assert (ROOT / path).exists(), path

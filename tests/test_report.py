@@ -12,35 +12,14 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from kernel.shapes import SHAPE_CLASSES, write_shapes
+from kernel.data import SHAPE_CLASSES, write_shapes
 from kernel.train import main
 
-from conftest import small_args
+from conftest import REPORT_EPOCHS as EPOCHS, small_args
 
-_SHARED: dict = {}
-EPOCHS = 3
-
-
-def trained_run(tmp_path_factory) -> dict:
-    """One short run shared by this module and test_predict: ImageFolder train + val folders, a predict: section."""
-    if not _SHARED:
-        root = tmp_path_factory.mktemp("report")
-        train = write_shapes(root / "tr", n=160, seed=0, size=32)
-        val = write_shapes(root / "va", n=48, seed=1, size=32)
-        cfg = root / "cfg.yaml"
-        cfg.write_text(yaml.safe_dump({"predict": {"inputs": [str(val / "images")], "submission": True,
-                                                   "topk": 2, "tta": True, "out": "test_predictions.csv"}}))
-        args = small_args(root / "runs", "--data", str(train / "train"), "--val-data", str(val / "train"),
-                          "--epochs", str(EPOCHS), "--aug", "none", "--lr", "0.003", "--seed", "0",
-                          "--name", "x", "--config", str(cfg))
-        assert main(args) == 0
-        _SHARED.update(root=root, run=root / "runs" / "x", train=train, val=val)
-    return _SHARED
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return trained_run(tmp_path_factory)
+@pytest.fixture
+def run(trained_run):
+    return trained_run
 
 
 def _check_png(path: Path, min_w: int, min_h: int) -> np.ndarray:
@@ -98,13 +77,13 @@ def test_tensorboard_has_scalars_for_every_epoch(run):
     ea = EventAccumulator(str(run["run"] / "tb"))
     ea.Reload()
     tags = ea.Tags()
-    for tag in ("loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr"):
+    for tag in ("loss/train", "loss/val", "acc/train", "acc/val", "lr"):
         assert [e.step for e in ea.Scalars(tag)] == list(range(1, EPOCHS + 1)), tag
     assert "val/samples" in tags["images"]
-    assert tags["graph"]  # resnet10t traces
+    assert tags["graph"]  # test_resnet traces
     with open(run["run"] / "metrics.csv") as fh:
         val_acc = [float(r["val_acc"]) for r in csv.DictReader(fh)]
-    assert [e.value for e in ea.Scalars("accuracy/val")] == pytest.approx(val_acc, rel=1e-4)
+    assert [e.value for e in ea.Scalars("acc/val")] == pytest.approx(val_acc, rel=1e-4)
 
 
 def test_predict_section_runs_after_training(run):
@@ -132,7 +111,7 @@ def test_predict_section_is_checked_before_training(tmp_path, capsys):
 
 
 def test_plot_failure_never_fails_the_run(tmp_path, monkeypatch):
-    from kernel import plots
+    from kernel.report import plots
 
     def boom(*a, **k):
         raise RuntimeError("synthetic plot failure")
@@ -159,7 +138,7 @@ def test_without_matplotlib_per_class_csv_is_still_written(tmp_path, monkeypatch
 
 
 def test_tensorboard_absent_is_one_log_line(tmp_path, monkeypatch, caplog):
-    from kernel.tb import TensorBoardLogger
+    from kernel.report import TensorBoardLogger
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
     caplog.set_level(logging.INFO, logger="kernel")
@@ -170,7 +149,7 @@ def test_tensorboard_absent_is_one_log_line(tmp_path, monkeypatch, caplog):
 
 
 def test_multilabel_per_class_stats_are_binary():
-    from kernel.plots import per_class_stats
+    from kernel.tasks.classify import per_class_stats
 
     probs = np.array([[0.9, 0.2], [0.8, 0.7], [0.1, 0.6], [0.3, 0.1]])
     hot = np.array([[1, 0], [1, 1], [0, 0], [1, 1]])
@@ -187,7 +166,7 @@ def _total_from_table(text: str) -> int:
 
 @pytest.mark.parametrize("model", ["resnet10t", "tv:resnet18"])
 def test_summary_table_for_timm_and_torchvision(tmp_path, capsys, model):
-    from kernel.finetune import create_model
+    from kernel.models import create_model
 
     assert main(small_args(tmp_path, "--summary", "--model", model, "--name", "s")) == 0
     out = capsys.readouterr().out
@@ -202,7 +181,7 @@ def test_summary_table_for_timm_and_torchvision(tmp_path, capsys, model):
 
 
 def test_summary_counts_root_and_tied_parameters_once():
-    from kernel.summary import layer_rows, summary_table
+    from kernel.report import layer_rows, summary_table
 
     class Net(nn.Module):
         def __init__(self):

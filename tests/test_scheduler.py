@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.optim import lr_scheduler as tls
 
-from kernel.lr_expr import compile_lr_expr, eval_lr_expr
+from kernel.schedule import compile_lr_expr, eval_lr_expr
 from kernel.registry import ConfigError
-from kernel.scheduler import SCHEDULERS, create_scheduler, format_lr_table, preview_lr
+from kernel.schedule import SCHEDULERS, create_scheduler, format_lr_table, preview_lr
 
 ALL_NAMES = ["step", "multistep", "exponential", "cosine", "cosine_restarts", "plateau", "cyclic", "onecycle",
              "constant", "linear", "polynomial", "lambda", "multiplicative", "sequential", "chained",
@@ -88,7 +88,7 @@ def test_per_group_lrs_keep_their_ratio(name):
 def test_cli_dry_run(name, tmp_path):
     from kernel.train import main
 
-    argv = ["--dry-run", "--data", "shapes", "--model", "resnet10t", "--img-size", "32", "--epochs", "2",
+    argv = ["--dry-run", "--data", "shapes", "--model", "test_resnet", "--img-size", "32", "--epochs", "2",
             "--workers", "0", "--device", "cpu", "--sched", name, "--output", str(tmp_path), "--name", name]
     assert main(argv) == 0
 

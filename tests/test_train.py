@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernel.shapes import write_shapes
+from kernel.data import write_shapes
 from kernel.train import main
 
 from conftest import ROOT, small_args
@@ -52,7 +52,7 @@ def shapes480(tmp_path_factory):
     return write_shapes(tmp_path_factory.mktemp("s480"), n=480, seed=0, size=32)
 
 
-LEARN = ["--epochs", "10", "--batch-size", "32", "--lr", "0.003", "--aug", "none", "--seed", "0"]
+LEARN = ["--epochs", "16", "--batch-size", "32", "--lr", "0.003", "--aug", "none", "--seed", "0"]
 
 
 def test_learns_shapes_from_png_imagefolder(tmp_path, shapes480):
@@ -70,7 +70,7 @@ def test_learns_shapes_from_csv(tmp_path, shapes480):
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_resume_after_sigkill_is_bit_identical(tmp_path, shapes480, workers):
-    base = [sys.executable, "-m", "kernel.train", "--data", str(shapes480 / "train"), "--model", "resnet10t",
+    base = [sys.executable, "-m", "kernel.train", "--data", str(shapes480 / "train"), "--model", "test_resnet",
             "--img-size", "32", "--epochs", "4", "--batch-size", "16", "--workers", workers, "--device", "cpu",
             "--deterministic", "--aug", "light", "--warmup-steps", "5", "--output", str(tmp_path)]
     full = subprocess.run(base + ["--name", "full"], env=ENV, capture_output=True, text=True, timeout=300)
@@ -110,9 +110,9 @@ def test_unfreeze_at_epoch(tmp_path, shapes480):
     assert "0.00M trainable" in log and "epoch 2: backbone unfrozen" in log
     assert main(args[:-4] + ["--unfreeze-at", "0", "--name", "frozen", "--aug", "none"]) == 0
     # With the backbone frozen throughout, its weights never move; the head's do.
-    from kernel.finetune import create_model
+    from kernel.models import create_model
     torch.manual_seed(42)
-    init = create_model("resnet10t", 4).state_dict()
+    init = create_model("test_resnet", 4).state_dict()
     final = torch.load(tmp_path / "frozen" / "last.pt", weights_only=True)["model"]
     assert torch.equal(final["layer1.0.conv1.weight"], init["layer1.0.conv1.weight"])
     assert not torch.equal(final["fc.weight"], init["fc.weight"])

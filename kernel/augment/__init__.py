@@ -1,0 +1,169 @@
+"""Image (+ mask) augmentation: imgaug or torchvision v2 pipelines, seeded per worker, picklable.
+
+``build_transform(...)`` returns a callable ``(image (H, W, C) uint8, mask (H, W) int | None) ->
+(FloatTensor (C, S, S) normalized, LongTensor (S, S) | None)``. Every pipeline is
+
+    resize shorter side to floor(S / crop_pct)  ->  [train: augmentation ops]  ->
+    (resize up if needed +) center crop S  ->  to float + normalize
+
+Images stay uint8 until the last step. Geometric ops move the mask with the image (nearest
+interpolation, fill 0); photometric ops touch the image only. Randomness comes from torch's RNG
+(one draw per sample), so results repeat from torch's RNG state (num_workers=0, exact resume) and
+differ across DataLoader workers and epochs (PyTorch seeds each worker's torch RNG).
+
+This module is the public API: it checks the arguments, resolves the backend, seeds workers and
+re-exports the rest. Below it: :mod:`kernel.augment.pipeline` (the transform), :mod:`kernel.augment.backends`
+(library calls), :mod:`kernel.augment.ops` (op registries), :mod:`kernel.augment.presets`,
+:mod:`kernel.augment.noise` and :mod:`kernel.augment.grid` (the preview PNG).
+"""
+from __future__ import annotations
+
+import numbers
+import random
+import sys
+from typing import Any, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import imgaug_compat
+from .backends import first_time, warn_once
+from .grid import save_aug_grid
+from .ops import IMGAUG_OPS, TORCHVISION_OPS, check_names, op_names
+from .pipeline import INTERP, AugmentTransform, augment_batch, smoke_test
+from .presets import BACKENDS, PRESETS, preset_ops
+from ..registry import ConfigError, Registry
+
+__all__ = ["PRESETS", "BACKENDS", "build_transform", "preset_ops", "AugmentTransform", "augment_batch",
+           "seed_worker", "save_aug_grid"]
+
+
+
+def _resolve_backend(spec: Any, backend: str, train: bool) -> Tuple[List[Any], str, bool]:
+    """-> (op list, concrete backend "imgaug" | "torchvision" | "none", is_custom)."""
+    _known("augmentation backend (--aug-backend)", backend, BACKENDS)
+    if spec is None or isinstance(spec, str):
+        preset = _known("augmentation preset (--aug; or give a list of ops in the config file)", spec or "none",
+                        PRESETS)
+        if not train or preset == "none":
+            return [], "none", False
+        if backend == "auto":
+            backend = "imgaug" if imgaug_compat.imgaug_available() else "torchvision"
+            if backend == "torchvision":
+                warn_once("fallback", "augmentation: imgaug is not importable, using the torchvision backend; "
+                                      "imgaug is faster: `pip install imgaug`, or attach the kernel code dataset "
+                                      "that vendors it (Kaggle)")
+        _require(backend)
+        return preset_ops(preset, backend), backend, False
+    names = op_names(spec)
+    if backend == "auto":  # the registry that knows every name; imgaug first (faster) when importable
+        in_ia, in_tv = all(n in IMGAUG_OPS for n in names), all(n in TORCHVISION_OPS for n in names)
+        if in_ia and (not in_tv or imgaug_compat.imgaug_available()):
+            backend = "imgaug"
+        elif in_tv:
+            backend = "torchvision"
+        else:  # report against the registry that knows more of the list
+            backend = "imgaug" if sum(n in IMGAUG_OPS for n in names) >= sum(n in TORCHVISION_OPS for n in names) \
+                else "torchvision"
+    check_names(names, backend)
+    if not train or not names:
+        return list(spec), "none", True
+    _require(backend)
+    return list(spec), backend, True
+
+
+def _known(kind: str, name: Any, names: Sequence[str]) -> str:
+    reg: Registry[str] = Registry(kind)
+    for n in names:
+        reg.register(n, n)
+    return reg.canonical(str(name))  # ConfigError with the known names and the closest match
+
+
+def _require(backend: str) -> None:
+    if backend == "imgaug":
+        try:
+            imgaug_compat.import_imgaug()
+        except ImportError as e:
+            raise ConfigError(f"--aug-backend imgaug: {e}") from None
+
+
+def _cv2_sequential() -> None:
+    """Run OpenCV sequentially in this process, before it ever starts its thread pool.
+
+    A DataLoader forks its workers from this process. A child that inherits a started OpenCV
+    pool hangs for ever in pthread_cond_destroy as soon as it touches the pool (setNumThreads
+    included; OpenCV 5.0 pthreads backend). With no pool there is nothing to inherit, and N
+    workers x all-core pools cannot oversubscribe the CPU either. albumentations does the same.
+    """
+    if first_time("cv2_threads"):
+        import cv2
+
+        cv2.setNumThreads(0)
+
+
+def build_transform(preset_or_ops: Any, *, train: bool, backend: str = "auto", img_size: int,
+                    mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear",
+                    crop_pct: float = 0.875, in_chans: int = 3) -> AugmentTransform:
+    """Build the (image, mask) -> (tensor (C, S, S), mask (S, S) | None) pipeline; see the module doc.
+
+    ``preset_or_ops``: a name in :data:`PRESETS` or a YAML-style op list (see :mod:`kernel.augment.ops`).
+    ``train=False`` ignores it: resize + center crop + normalize only. Config problems raise
+    ConfigError here (the pipeline is smoke-tested once), not later inside a DataLoader worker.
+    """
+    _cv2_sequential()
+    interpolation = str(interpolation).lower()
+    if interpolation not in INTERP:
+        raise ConfigError(f"interpolation {interpolation!r} unknown; use one of {', '.join(INTERP)}")
+    if not (isinstance(img_size, numbers.Integral) and img_size > 0) or not 0 < crop_pct <= 4:
+        raise ConfigError(f"augmentation: need img_size > 0 and 0 < crop_pct, got {img_size!r}, {crop_pct!r}")
+    if in_chans < 1:
+        raise ConfigError(f"--in-chans must be >= 1, got {in_chans}")
+    ops, concrete, custom = _resolve_backend(preset_or_ops, backend, train)
+    t = AugmentTransform(ops, backend=concrete, train=train, img_size=img_size, mean=mean, std=std,
+                         interpolation=interpolation, crop_pct=crop_pct, in_chans=in_chans, warn_skips=custom)
+    if concrete != "none":
+        smoke_test(t)
+    return t
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy, random, imgaug and cv2 from torch's per-worker seed.
+
+    PyTorch already seeds each worker's torch RNG with base_seed + worker_id (base_seed drawn from
+    the loader's generator, so new per epoch). Our pipelines draw from torch, so they need nothing
+    more; this covers user code using numpy/random/imgaug globals and imgaug augmenters that own an
+    RNG (forked workers would otherwise all inherit the same state).
+    """
+    seed = torch.initial_seed() % 2 ** 32
+    random.seed(seed)
+    np.random.seed(seed)
+    # OpenCV threads are not touched here: build_transform already made the parent sequential
+    # (see _cv2_sequential), and touching an inherited pool in a forked child can hang.
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        cv2.setRNGSeed(seed % 2 ** 31)
+    iarandom = sys.modules.get("imgaug.random")
+    if iarandom is not None:
+        iarandom.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        _reseed_owned(info.dataset, seed, set(), 0)
+
+
+def _reseed_owned(obj: Any, seed: int, seen: set, depth: int) -> None:
+    """Reseed imgaug augmenters reachable from a dataset (transform, transforms, dataset(s), Compose)."""
+    if obj is None or id(obj) in seen or depth > 5 or isinstance(obj, (str, bytes, np.ndarray, torch.Tensor)):
+        return
+    seen.add(id(obj))
+    if hasattr(obj, "seed_") and hasattr(obj, "get_children_lists"):  # an imgaug Augmenter
+        obj.seed_((seed + 7919 * len(seen)) % 2 ** 32)  # distinct streams when a dataset holds several
+        return
+    if isinstance(obj, (list, tuple)):
+        for item in obj[:64]:
+            _reseed_owned(item, seed, seen, depth + 1)
+        return
+    for attr in ("transform", "transforms", "target_transform", "augment", "augmenter", "aug", "seq",
+                 "dataset", "datasets"):
+        child = getattr(obj, attr, None) if not isinstance(obj, AugmentTransform) else None
+        if child is not None and not callable(getattr(type(obj), attr, None)):
+            _reseed_owned(child, seed, seen, depth + 1)

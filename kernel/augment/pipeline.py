@@ -1,0 +1,167 @@
+"""The picklable augmentation pipeline: resize, [ops], center crop, normalize (see :mod:`kernel.augment`).
+
+Own module because :class:`AugmentTransform` is what DataLoader workers receive and run per sample;
+it builds its library objects lazily in each process (:mod:`kernel.augment.ops`) and calls them through
+:mod:`kernel.augment.backends`. :func:`augment_batch` and :func:`smoke_test` live here because they
+drive the same per-sample steps (``_prepare`` / ``_augment`` / ``_finish``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .backends import imgaug_call, imgaug_state, quiet_library_warnings, resize_shorter, tv_call, warn_once
+from .ops import IMGAUG_OPS, TORCHVISION_OPS, build_ops, describe, op_names
+from ..data.images import fit_channel_stats
+from ..registry import ConfigError
+
+__all__ = ["INTERP", "AugmentTransform", "augment_batch", "smoke_test"]
+
+INTERP = {"nearest": 0, "bilinear": 1, "bicubic": 2, "area": 3, "lanczos": 4, "random": 1}  # cv2.INTER_*
+
+
+class AugmentTransform:
+    """The picklable pipeline returned by :func:`kernel.augment.build_transform` (built lazily in each process)."""
+
+    def __init__(self, ops: List[Any], *, backend: str, train: bool, img_size: int, mean: Sequence[float],
+                 std: Sequence[float], interpolation: str, crop_pct: float, in_chans: int, warn_skips: bool) -> None:
+        self.ops, self.backend, self.train = ops, backend, train  # backend: "imgaug" | "torchvision" | "none"
+        self.img_size, self.in_chans = int(img_size), int(in_chans)
+        self.resize_to = max(self.img_size, int(math.floor(self.img_size / crop_pct)))
+        self.mean = fit_channel_stats(mean, in_chans, "mean")
+        self.std = fit_channel_stats(std, in_chans, "std")
+        self.interpolation = INTERP[interpolation]
+        self.strict = False  # True: re-raise augmentation errors instead of falling back (tests)
+        self.warn_skips = warn_skips
+        self._state: Optional[dict] = None
+
+    def __getstate__(self) -> dict:  # library objects are rebuilt in the worker, after compat patches
+        return {k: v for k, v in self.__dict__.items() if k != "_state"} | {"_state": None}
+
+    def __repr__(self) -> str:
+        return (f"AugmentTransform(backend={self.backend}, train={self.train}, size={self.img_size}, "
+                f"resize={self.resize_to}, ops=[{describe(self.ops)}])")
+
+    # -- building ------------------------------------------------------------------------------
+    def _build(self) -> dict:
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(-1, 1, 1)
+        bias = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(-1, 1, 1)
+        state = {"scale": scale, "bias": bias, "pipe": None}
+        if self.backend != "none":
+            quiet_library_warnings()
+            skipped: List[str] = []
+            built = build_ops(self.ops, self.backend, img_size=self.img_size, in_chans=self.in_chans, skipped=skipped)
+            if skipped and self.warn_skips:
+                warn_once(f"skip{skipped}", f"augmentation: skipped {', '.join(skipped)} (they need RGB input, "
+                                            f"in_chans={self.in_chans})")
+            names = op_names(self.ops)
+            registry = IMGAUG_OPS if self.backend == "imgaug" else TORCHVISION_OPS
+            state["no_masks"] = [n for n in names if n in registry and not registry.get(n).masks]
+            if self.backend == "imgaug":
+                state.update(imgaug_state(built))
+            else:
+                from torchvision.transforms import v2
+
+                state["pipe"] = v2.Compose(built)
+        self._state = state
+        return state
+
+    # -- calling -------------------------------------------------------------------------------
+    def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(H, W, C) uint8 [+ (H, W) int mask] -> ((C, S, S) float32 normalized, (S, S) int64 | None)."""
+        state = self._state or self._build()
+        image, mask = self._prepare(image, mask)
+        if state["pipe"] is not None:
+            image, mask = self._augment(state, image, mask)
+        return self._finish(state, image, mask)
+
+    def _prepare(self, image: Any, mask: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Validate, then resize the shorter side to ``resize_to`` (mask: nearest)."""
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[2] != self.in_chans or image.dtype != np.uint8:
+            raise ConfigError(f"augmentation: expected an (H, W, {self.in_chans}) uint8 image, got "
+                              f"{image.shape} {image.dtype}; check --in-chans and the image loader")
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.ndim == 3 and mask.shape[2] == 1:
+                mask = mask[..., 0]
+            if mask.shape != image.shape[:2] or not (mask.dtype.kind in "iub"):
+                raise ConfigError(f"augmentation: mask must be (H, W) integer matching image {image.shape[:2]}, "
+                                  f"got {mask.shape} {mask.dtype}")
+            mask = mask.astype(np.int32, copy=False)  # imgaug segmaps accept int8/16/32 only
+        out = resize_shorter(image, mask, self.resize_to, self.interpolation)
+        if out[0] is image and self.backend == "imgaug":  # imgaug may augment in place: never the caller's array
+            out = (image.copy(), out[1])
+        return out
+
+    def _augment(self, state: dict, image: np.ndarray, mask: Optional[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        if mask is not None and state["no_masks"]:
+            raise ConfigError(f"augmentation: {', '.join(state['no_masks'])} cannot transform masks; "
+                              "use them for classification only")
+        try:
+            if self.backend == "imgaug":
+                return imgaug_call(state, [image], None if mask is None else [mask])[0]
+            return tv_call(state["pipe"], image, mask)
+        except ConfigError:
+            raise
+        except Exception as e:  # never kill a long run inside a worker: log, return the sample unaugmented
+            if self.strict:
+                raise
+            warn_once(f"fail{type(e).__name__}", f"augmentation failed ({type(e).__name__}: {e}) on a "
+                                                  f"{image.shape} image; using it unaugmented. Pipeline: {self!r}")
+            return image, mask
+
+    def _finish(self, state: dict, image: np.ndarray, mask: Optional[np.ndarray]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Resize up if smaller than S, center-crop S x S, then to float CHW + normalize in one pass."""
+        s = self.img_size
+        if min(image.shape[:2]) < s:
+            image, mask = resize_shorter(image, mask, s, self.interpolation)
+        h, w = image.shape[:2]
+        top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+        image = image[top:top + s, left:left + s]
+        out = torch.empty((image.shape[2], s, s), dtype=torch.float32)
+        out.copy_(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))  # transpose + cast, one pass
+        out.mul_(state["scale"]).add_(state["bias"])
+        if mask is None:
+            return out, None
+        return out, torch.from_numpy(np.ascontiguousarray(mask[top:top + s, left:left + s])).long()
+
+
+def smoke_test(t: AugmentTransform) -> None:
+    """Run the pipeline once on a small image (+ mask) without touching torch's global RNG."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (67, 75, t.in_chans), dtype=np.uint8)
+    mask = rng.integers(0, 3, (67, 75), dtype=np.int32)
+    state = t._state or t._build()
+    strict, t.strict = t.strict, True
+    try:
+        with torch.random.fork_rng(devices=[]):
+            t(image, None if state["no_masks"] else mask)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"augmentation pipeline [{describe(t.ops)}] fails on a uint8 image with "
+                          f"{t.in_chans} channels: {type(e).__name__}: {e}") from None
+    finally:
+        t.strict = strict
+
+
+def augment_batch(transform: AugmentTransform, images: Sequence[np.ndarray],
+                  masks: Optional[Sequence[np.ndarray]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Augment N images at once -> ((N, C, S, S), (N, S, S) | None); imgaug batch mode when shapes match."""
+    masks_in = list(masks) if masks is not None else [None] * len(images)
+    state = transform._state or transform._build()
+    prepared = [transform._prepare(i, m) for i, m in zip(images, masks_in)]
+    if transform.backend == "imgaug" and len({p[0].shape for p in prepared}) == 1:
+        with_masks = masks is not None
+        pairs = imgaug_call(state, [p[0] for p in prepared], [p[1] for p in prepared] if with_masks else None)
+        outs = [transform._finish(state, img, m) for img, m in pairs]
+    else:
+        outs = [transform(i, m) for i, m in zip(images, masks_in)]
+    imgs = torch.stack([o[0] for o in outs])
+    return imgs, (torch.stack([o[1] for o in outs]) if masks is not None else None)

@@ -1,0 +1,65 @@
+"""From sources to batches: the transformed dataset, prediction image lists and the DataLoader.
+
+A *source* yields raw samples ``(image (H, W, C) uint8, target, mask | None)``; a
+:class:`TransformedDataset` applies the augmentation callable and returns tensors. The transform is
+passed in, so this module does not depend on the augmentation backends.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..registry import ConfigError
+from .images import load_image
+
+__all__ = ["TransformedDataset", "ImageList", "build_loader"]
+
+
+class TransformedDataset(Dataset):
+    """Apply ``transform(image, mask) -> (tensor (C,S,S), mask)`` to a source; items are (image, target)."""
+
+    def __init__(self, source: Any, transform: Callable, with_mask: bool = False):
+        self.source, self.transform, self.with_mask = source, transform, with_mask
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, Any]:
+        image, target, mask = self.source[i]
+        image, mask = self.transform(image, mask if self.with_mask else None)
+        return (image, target, mask) if self.with_mask else (image, target)
+
+
+class ImageList(Dataset):
+    """Items ``(image (C, S, S) normalized, index)`` for prediction: files read with :func:`load_image`."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable, in_chans: int):
+        self.paths, self.transform, self.in_chans = list(paths), transform, in_chans
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+        try:
+            image = load_image(self.paths[i], self.in_chans)
+        except Exception as e:  # name the file; the loader's traceback would not
+            raise ConfigError(f"inputs: cannot read image {self.paths[i]!r} ({type(e).__name__}: {e})") from None
+        return self.transform(image, None)[0], i
+
+
+def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int, device: torch.device,
+                 generator: Optional[torch.Generator] = None, worker_init_fn: Optional[Callable] = None,
+                 persistent: bool = True) -> DataLoader:
+    """A DataLoader with the usual care: pin_memory on CUDA, drop_last for training.
+
+    ``generator`` drives the shuffle and each worker's base seed; reseed it per epoch (and use
+    ``persistent=False``) for runs that repeat exactly, resumed ones included.
+    """
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
+        pin_memory=device.type == "cuda", drop_last=train and len(dataset) > batch_size,
+        persistent_workers=persistent and workers > 0, worker_init_fn=worker_init_fn,
+        generator=generator,
+    )

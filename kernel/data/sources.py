@@ -1,0 +1,132 @@
+"""Image sources: an ImageFolder tree, a Kaggle-style CSV of ids and labels, a subset view; CSV id matching.
+
+A *source* yields raw samples ``(image (H, W, C) uint8, target, mask | None)`` and has ``targets``
+(one int per sample, used to stratify splits). :func:`match_image_ids` is the one rule that turns
+a CSV's image ids into files, for training and prediction alike.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..registry import ConfigError
+from .images import IMAGE_EXTENSIONS, is_image_file, load_image
+
+__all__ = ["FolderSource", "CsvSource", "Subset", "read_csv_rows", "match_image_ids"]
+
+
+def read_csv_rows(path: str | os.PathLike, option: str) -> List[Dict[str, str]]:
+    """The rows of a CSV with a header, as dicts; ConfigError naming ``option`` when it has none."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ConfigError(f"--{option}: {str(path)!r} has no rows")
+    return rows
+
+
+def match_image_ids(ids: Sequence[str], folder: str | os.PathLike) -> List[str]:
+    """The image file of each id: ``folder/<id>`` when it exists, else the file whose stem is the id.
+
+    Kaggle CSVs often give ids without an extension (``0a1b2c``) or with another one than the files;
+    both match by stem. Raises ConfigError naming the first id without an image.
+    """
+    folder = Path(folder)
+    stems: Dict[str, str] = {}
+    for f in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if is_image_file(f):
+            stems.setdefault(f.stem, str(f))
+    paths = []
+    for ident in ids:
+        exact = folder / ident
+        found = str(exact) if exact.is_file() else stems.get(Path(ident).stem if is_image_file(ident) else ident)
+        if not found:
+            raise ConfigError(f"--image-dir: no image for id {ident!r} in {str(folder)!r}; "
+                              "check --image-dir/--image-col")
+        paths.append(found)
+    return paths
+
+
+class FolderSource:
+    """ImageFolder layout ``root/<class>/<image>``; classes are the sorted folder names."""
+
+    def __init__(self, root: str, in_chans: int = 3, classes: Optional[List[str]] = None):
+        self.root, self.in_chans = Path(root), in_chans
+        found = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.classes = classes or found
+        if not self.classes:
+            raise ConfigError(f"--data: {root!r} has no class folders; expected {root}/<class>/<image>.png")
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.samples: List[Tuple[str, int]] = []
+        for c in found:
+            if c not in index:
+                raise ConfigError(f"--val-data: class folder {c!r} is not a training class ({', '.join(self.classes)})")
+            for f in sorted((self.root / c).rglob("*")):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    self.samples.append((str(f), index[c]))
+        if not self.samples:
+            raise ConfigError(f"--data: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}")
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Tuple[np.ndarray, int, None]:
+        path, target = self.samples[i]
+        return load_image(path, self.in_chans), target, None
+
+
+class CsvSource:
+    """Kaggle-style CSV: an image id/path column and a label column (space-separated: multi-label).
+
+    Ids are matched to files in ``image_dir`` with :func:`match_image_ids`.
+    """
+
+    def __init__(self, csv_path: str, image_dir: str, image_col: str = "", label_col: str = "",
+                 in_chans: int = 3):
+        self.in_chans = in_chans
+        rows = read_csv_rows(csv_path, "csv")
+        cols = list(rows[0].keys())
+        image_col = image_col or cols[0]
+        label_col = label_col or (cols[1] if len(cols) > 1 else "")
+        for opt, col in (("image-col", image_col), ("label-col", label_col)):
+            if col not in cols:
+                raise ConfigError(f"--{opt}: column {col!r} not in {csv_path!r} (columns: {', '.join(cols)})")
+        labels = [str(r[label_col]).split() for r in rows]
+        self.multilabel = any(len(ls) != 1 for ls in labels)
+        self.classes = sorted({l for ls in labels for l in ls})
+        index = {c: i for i, c in enumerate(self.classes)}
+        paths = match_image_ids([r[image_col] for r in rows], image_dir)
+        self.samples: List[Tuple[str, Any]] = [
+            (path, [index[l] for l in ls] if self.multilabel else index[ls[0]]) for path, ls in zip(paths, labels)]
+        # Stratify multi-label data by its first label.
+        self.targets = [(t[0] if t else -1) if isinstance(t, list) else t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Tuple[np.ndarray, Any, None]:
+        path, target = self.samples[i]
+        if self.multilabel:  # multi-hot float target (C,)
+            hot = torch.zeros(len(self.classes))
+            hot[target] = 1.0
+            target = hot
+        return load_image(path, self.in_chans), target, None
+
+
+class Subset:
+    """A view of ``source`` restricted to ``indices`` (keeps ``targets``)."""
+
+    def __init__(self, source: Any, indices: Sequence[int]):
+        self.source, self.indices = source, list(indices)
+        self.targets = [source.targets[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.source[self.indices[i]]

@@ -1,0 +1,185 @@
+"""Classification models for fine-tuning: timm and torchvision by name, pretrained weights, new heads.
+
+* timm names as they are (``resnet34``, ``convnext_tiny``); torchvision with ``tv:`` (``tv:resnet18``).
+* ``pretrained``: a ``.pth``/``.pt``/``.safetensors`` file (a state_dict or one of our
+  checkpoints), ``local-dir:PATH`` (timm), ``hub`` (needs internet) or ``none``. On a file,
+  the head and the first convolution adapt to ``num_classes`` and ``in_chans``.
+* The head is named on the model (``model.kernel_head``, see :mod:`kernel.models.freeze`), so
+  freezing, per-group learning rates and unfreezing work the same for every library.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+
+from ..data.images import fit_channel_stats
+from ..registry import ConfigError, did_you_mean
+
+__all__ = ["create_model", "list_models", "read_weights", "adapt_first_conv", "resolve_data_config",
+           "model_summary", "DEFAULT_DATA_CONFIG"]
+
+log = logging.getLogger(__name__)
+# Preprocessing for models without a pretrained config (torchvision's): ImageNet statistics, 224 px,
+# timm's default crop. The one place these numbers live.
+DEFAULT_DATA_CONFIG: Dict[str, Any] = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), img_size=224,
+                                           interpolation="bilinear", crop_pct=0.875)
+
+
+def list_models(pattern: str = "*") -> List[str]:
+    """timm names and ``tv:`` torchvision names matching a shell-style pattern."""
+    import timm
+    import torchvision
+
+    tv_pattern = pattern[3:] if pattern.startswith("tv:") else pattern
+    names = [] if pattern.startswith("tv:") else timm.list_models(pattern)
+    names += ["tv:" + n for n in torchvision.models.list_models() if fnmatch.fnmatch(n, tv_pattern)]
+    return names
+
+
+def _unknown_model(name: str) -> ConfigError:
+    hint = did_you_mean(name, list_models("*"))
+    return ConfigError(f"--model: unknown model {name!r}{hint} (list them with --list-models '*{name[:4]}*')")
+
+
+def read_weights(path: str) -> Dict[str, torch.Tensor]:
+    """A state_dict from a weights file: plain state_dict, ours ({'model': ...}) or safetensors."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
+
+
+def _get(model: nn.Module, dotted: str) -> nn.Module:
+    return model.get_submodule(dotted)
+
+
+def _set(model: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def adapt_first_conv(model: nn.Module, in_chans: int) -> None:
+    """Give the first 3-channel convolution ``in_chans`` inputs, adapting its weights (timm's rule)."""
+    from timm.models import adapt_input_conv
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels == 3:
+            new = nn.Conv2d(in_chans, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                            m.groups, m.bias is not None, m.padding_mode)
+            with torch.no_grad():
+                new.weight.copy_(adapt_input_conv(in_chans, m.weight))
+                if m.bias is not None:
+                    new.bias.copy_(m.bias)
+            _set(model, name, new)
+            return
+    raise ConfigError("--in-chans: this model has no 3-channel input convolution to adapt")
+
+
+def _replace_tv_head(model: nn.Module, num_classes: int, old_classes: int = 1000) -> str:
+    """Replace the last Linear/1x1-Conv producing ``old_classes`` outputs (fc, classifier[-1], heads...)."""
+    found = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and m.out_features == old_classes:
+            found = name
+        elif isinstance(m, nn.Conv2d) and m.out_channels == old_classes and m.kernel_size == (1, 1):
+            found = name
+    if found is None:
+        raise ConfigError("--model: cannot find this torchvision model's classifier to replace")
+    m = _get(model, found)
+    new = (nn.Linear(m.in_features, num_classes) if isinstance(m, nn.Linear)
+           else nn.Conv2d(m.in_channels, num_classes, 1))
+    _set(model, found, new)
+    return found
+
+
+def _create_tv(name: str, num_classes: int, in_chans: int, pretrained: str) -> nn.Module:
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise _unknown_model("tv:" + name)
+    kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
+    weights = "DEFAULT" if pretrained == "hub" else None
+    model = torchvision.models.get_model(name, weights=weights, **kwargs)
+    if pretrained not in ("none", "hub"):
+        sd = read_weights(pretrained)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:  # a checkpoint of ours: its head/first conv differ; load what fits
+            own = model.state_dict()
+            fit = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+            if len(fit) < 0.9 * len(own):
+                raise ConfigError(f"--pretrained: {pretrained!r} does not match tv:{name} "
+                                  f"({len(fit)} of {len(own)} tensors fit)")
+            model.load_state_dict(fit, strict=False)
+    model.kernel_head = _replace_tv_head(model, num_classes)
+    if in_chans != 3:
+        adapt_first_conv(model, in_chans)
+    return model
+
+
+def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: str) -> nn.Module:
+    import timm
+
+    kwargs: Dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans)
+    if pretrained.startswith("local-dir:"):
+        if not os.path.isdir(pretrained[len("local-dir:"):]):
+            raise ConfigError(f"--pretrained: folder {pretrained[10:]!r} not found")
+        model = timm.create_model(pretrained, pretrained=True, **kwargs)
+    else:
+        if not timm.is_model(name):
+            raise _unknown_model(name)
+        if pretrained not in ("none", "hub"):
+            # timm adapts the classifier and first conv, and applies the model's own filter_fn.
+            kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(pretrained))
+        model = timm.create_model(name, pretrained=pretrained != "none", **kwargs)
+    head = model.pretrained_cfg.get("classifier", "head")
+    model.kernel_head = head[0] if isinstance(head, (list, tuple)) else head
+    return model
+
+
+def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: str = "none") -> nn.Module:
+    """Build ``name`` with a fresh ``num_classes`` head and ``in_chans`` inputs; logits are (N, num_classes)."""
+    if pretrained not in ("none", "hub") and not pretrained.startswith("local-dir:") and not os.path.isfile(pretrained):
+        raise ConfigError(f"--pretrained: weights file {pretrained!r} not found; give a .pth/.safetensors "
+                          "file, local-dir:PATH, 'hub' or 'none'")
+    try:
+        if name.startswith("tv:"):
+            return _create_tv(name[3:], num_classes, in_chans, pretrained)
+        return _create_timm(name, num_classes, in_chans, pretrained)
+    except (OSError, RuntimeError) as e:
+        if pretrained == "hub":  # offline Kaggle/Colab runs land here
+            raise ConfigError(f"--pretrained hub: download failed ({type(e).__name__}); with no internet, "
+                              "attach a weights file and pass --pretrained PATH") from e
+        raise
+
+
+def resolve_data_config(model: nn.Module, img_size: int = 0, in_chans: int = 3) -> Dict[str, Any]:
+    """Input size, mean/std, interpolation and crop_pct from the model's pretrained config."""
+    cfg = dict(DEFAULT_DATA_CONFIG)
+    pcfg = getattr(model, "pretrained_cfg", None)
+    if pcfg:
+        import timm.data
+
+        t = timm.data.resolve_model_data_config(model)
+        cfg.update(img_size=t["input_size"][-1], mean=t["mean"], std=t["std"],
+                   interpolation=t["interpolation"], crop_pct=t["crop_pct"])
+    if img_size:
+        cfg["img_size"] = img_size
+    for k in ("mean", "std"):  # one value per input channel
+        cfg[k] = fit_channel_stats(cfg[k], in_chans, k)
+    return cfg
+
+
+def model_summary(model: nn.Module, name: str) -> str:
+    """One line: name, total and trainable parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"model {name}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable"

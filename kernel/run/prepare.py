@@ -1,0 +1,196 @@
+"""Preparing a training run: options -> data -> model -> optimization, nothing written yet.
+
+Each stage is a function of explicit arguments; :func:`prepare` chains them into a :class:`Prepared`
+run. The one-shot commands (``--summary``, ``--show-aug``, ``--preview-lr``) call the same stages and
+stop where they have what they need. Nothing here touches the run folder: a command that fails
+while preparing leaves an existing run exactly as it was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..augment import seed_worker
+from ..data import DataSplit, Subset, TransformedDataset, build_loader
+from ..engine import create_optimizer, make_scaler, param_groups, resolve_amp_dtype, resolve_device
+from ..losses import create_loss
+from ..models import model_summary, set_backbone_frozen
+from ..options import Options
+from .. import __version__
+from ..paths import default_output_dir, detect_platform, resolve_path
+from ..registry import ConfigError, parse_kwargs
+from ..schedule import LRSchedule, create_scheduler
+from ..tasks import Task, get_task, monitor_mode
+
+__all__ = ["DRY_RUN", "Prepared", "backbone_frozen", "effective_options", "seed_everything", "run_dir_of", "prepare_data",
+           "prepare_model", "prepare_loaders", "prepare_optimization", "prepare"]
+
+log = logging.getLogger("kernel")
+DRY_RUN = dict(train_batches=3, val_batches=2, epochs=2, batch_size=8)  # what --dry-run shrinks the run to
+
+
+@dataclass
+class Prepared:
+    """Everything a training run needs, built and checked; see :func:`prepare`."""
+
+    opts: Options
+    task: Task
+    device: torch.device
+    run_dir: Path
+    split: DataSplit
+    model: nn.Module            # the plain model, on the device
+    train_model: nn.Module      # what the loop calls: the model, or its torch.compile wrapper
+    dcfg: Dict[str, Any]        # input size, mean/std, interpolation, crop
+    train_loader: Any
+    val_loader: Any
+    generator: torch.Generator  # drives the shuffle and the workers' seeds; reseeded every epoch
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    steps_per_epoch: int
+    amp_dtype: Optional[torch.dtype]
+    scaler: Optional[torch.amp.GradScaler]
+
+
+
+def backbone_frozen(opts: Options, epoch: int) -> bool:
+    """Whether the backbone is frozen during ``epoch`` (``--freeze backbone``, ``--unfreeze-at``)."""
+    return opts.freeze == "backbone" and (opts.unfreeze_at == 0 or epoch < opts.unfreeze_at)
+
+
+def effective_options(opts: Options) -> Options:
+    """A copy of ``opts`` as the run uses them: dry-run limits applied, ``auto`` monitor resolved.
+
+    The caller's object is never changed; the copy is what ``config.yaml`` and checkpoints record.
+    """
+    task = get_task(opts.task)
+    changes: Dict[str, Any] = {}
+    if opts.dry_run:
+        changes.update(epochs=min(opts.epochs, DRY_RUN["epochs"]), batch_size=min(opts.batch_size, DRY_RUN["batch_size"]))
+    monitor = task.monitors[0] if opts.monitor == "auto" else opts.monitor
+    if monitor not in task.monitors:
+        raise ConfigError(f"--monitor {monitor}: not a metric of --task {task.name}; use one of "
+                          f"{', '.join(task.monitors)} (or auto)")
+    changes["monitor"] = monitor
+    return dataclasses.replace(opts, **changes)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, numpy and torch; with ``deterministic``, deterministic kernels (and cuBLAS)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def run_dir_of(opts: Options) -> Path:
+    """``--output``/``--name``, or the platform's default output root (``/kaggle/working`` on Kaggle)."""
+    return Path(opts.output) / opts.name if opts.output else default_output_dir(opts.name)
+
+
+def _subset(source: Any, n: int, seed: int) -> Subset:
+    keep = np.random.default_rng(seed).permutation(len(source))[:n]
+    return Subset(source, sorted(keep.tolist()))
+
+
+def prepare_data(opts: Options, task: Task) -> DataSplit:
+    """The task's train/val sources for ``opts`` (paths found on Kaggle too); a subset for ``--dry-run``."""
+    paths = {k: getattr(opts, k) if getattr(opts, k) in ("", "shapes") else resolve_path(getattr(opts, k), k.replace("_", "-"))
+             for k in ("data", "val_data")}
+    split = task.build_data(dataclasses.replace(opts, **paths))
+    if opts.dry_run:
+        split.train = _subset(split.train, DRY_RUN["train_batches"] * opts.batch_size, opts.seed)
+        split.val = _subset(split.val, DRY_RUN["val_batches"] * opts.batch_size, opts.seed)
+    log.info("data: %d train / %d val images, %d classes%s", len(split.train), len(split.val), len(split.classes),
+             " (multi-label)" if split.multilabel else "")
+    return split
+
+
+def prepare_model(opts: Options, task: Task, split: DataSplit) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The task's model (pretrained weights found on Kaggle too) and its data config."""
+    pretrained = opts.pretrained
+    if pretrained not in ("none", "hub") and not pretrained.startswith("local-dir:"):
+        pretrained = resolve_path(pretrained, "pretrained")
+    model = task.create_model(opts, split, pretrained)
+    set_backbone_frozen(model, backbone_frozen(opts, 1))
+    log.info(model_summary(model, opts.model))
+    dcfg = task.data_config(model, opts)
+    log.info("input %dpx, mean %s, std %s, %s; augmentation %s", dcfg["img_size"],
+             tuple(round(m, 3) for m in dcfg["mean"]), tuple(round(s, 3) for s in dcfg["std"]),
+             dcfg["interpolation"], opts.aug if isinstance(opts.aug, str) else "custom")
+    return model, dcfg
+
+
+def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str, Any],
+                    device: torch.device) -> Tuple[Any, Any, torch.Generator]:
+    """(train loader, validation loader, the generator that seeds the training shuffle)."""
+    generator = torch.Generator()
+    train = build_loader(TransformedDataset(split.train, task.transform(opts, dcfg, train=True)),
+                         batch_size=opts.batch_size, train=True, workers=opts.workers, device=device,
+                         generator=generator, worker_init_fn=seed_worker, persistent=not opts.deterministic)
+    val = build_loader(TransformedDataset(split.val, task.transform(opts, dcfg, train=False)),
+                       batch_size=opts.batch_size, train=False, workers=opts.workers, device=device,
+                       worker_init_fn=seed_worker)
+    return train, val, generator
+
+
+def prepare_optimization(opts: Options, task: Task, split: DataSplit, model: nn.Module,
+                         batches_per_epoch: int) -> Tuple[nn.Module, torch.optim.Optimizer, LRSchedule, int]:
+    """(loss, optimizer, LR schedule, optimizer updates per epoch)."""
+    loss_spec = task.default_loss(split) if opts.loss == "auto" else opts.loss
+    task.check(opts, split, loss_spec)
+    loss_fn = create_loss(loss_spec, **parse_kwargs(opts.loss_kwargs, "loss-kwargs"))
+    optimizer = create_optimizer(opts.opt, param_groups(model, opts.weight_decay, opts.backbone_lr_mult),
+                                 opts.lr, opts.momentum)
+    steps_per_epoch = math.ceil(batches_per_epoch / opts.accum_steps)
+    sched_kwargs = parse_kwargs(opts.sched_kwargs, "sched-kwargs")
+    if opts.sched == "step_decay":  # the flags, when given, are step_decay's kwargs
+        for key in ("decay_every", "decay_rate"):
+            if getattr(opts, key) is not None:
+                sched_kwargs.setdefault(key, getattr(opts, key))
+    schedule = create_scheduler(opts.sched, optimizer, epochs=opts.epochs, steps_per_epoch=steps_per_epoch,
+                                interval=opts.sched_interval, warmup_epochs=opts.warmup_epochs,
+                                warmup_steps=opts.warmup_steps, monitor_mode=monitor_mode(opts.monitor),
+                                **sched_kwargs)
+    return loss_fn, optimizer, schedule, steps_per_epoch
+
+
+def prepare(opts: Options) -> Prepared:
+    """Build every part of a run from effective options (see :func:`effective_options`).
+
+    Seeds first, so data splits, initial weights and augmentations follow ``--seed``.
+    """
+    seed_everything(opts.seed, opts.deterministic)
+    task, device = get_task(opts.task), resolve_device(opts.device)
+    log.info("kernel %s on %s (%s), torch %s; task %s", __version__, detect_platform(), device, torch.__version__,
+             task.name)
+    split = prepare_data(opts, task)
+    model, dcfg = prepare_model(opts, task, split)
+    train_loader, val_loader, generator = prepare_loaders(opts, task, split, dcfg, device)
+    loss_fn, optimizer, schedule, spe = prepare_optimization(opts, task, split, model, len(train_loader))
+    amp_dtype = resolve_amp_dtype(device, opts.amp, opts.amp_dtype)
+    scaler = make_scaler(device, amp_dtype)
+    model.to(device)
+    loss_fn.to(device)
+    if opts.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_model = torch.compile(model) if opts.compile else model
+    return Prepared(opts=opts, task=task, device=device, run_dir=run_dir_of(opts), split=split, model=model,
+                    train_model=train_model, dcfg=dcfg, train_loader=train_loader, val_loader=val_loader,
+                    generator=generator, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
+                    steps_per_epoch=spe, amp_dtype=amp_dtype, scaler=scaler)

@@ -1,0 +1,136 @@
+"""The ``classify`` task: one label (or a set of labels) per image.
+
+Data: ImageFolder trees, Kaggle-style CSVs (space-separated labels: multi-label) or ``shapes``.
+Models: any timm or torchvision classifier with a new head. Metrics: top-1/top-5 accuracy; the
+best checkpoint also gets ``per_class.csv``, ``confusion_matrix.png`` and ``predictions.png``.
+Prediction writes ``predictions.csv`` (top-k) and, when asked, a Kaggle ``submission.csv``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ...augment import build_transform
+from ...data import DataSplit, ImageList, build_loader, build_sources
+from ...engine.amp import autocast, resolve_amp_dtype
+from ...models import create_model, resolve_data_config
+from ...report import plots
+from ...registry import ConfigError
+from ..base import Task
+from .metrics import ClassifyMeter, accuracy, per_class_stats, write_per_class_csv
+from .outputs import write_predictions_csv, write_submission
+from .pictures import plot_predictions, sample_indices
+
+__all__ = ["ClassifyTask", "ClassifyMeter", "accuracy", "per_class_stats", "predict_probs"]
+
+log = logging.getLogger("kernel")
+N_PICTURES = 16  # validation images in predictions.png
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    monitors = ("val_acc", "val_loss")
+    columns = ("train_acc", "val_acc", "val_acc5")
+    metric_panel = ("accuracy (%)", [("train_acc", "train"), ("val_acc", "val"), ("val_acc5", "val top-5")])
+
+    def build_data(self, opts: Any) -> DataSplit:
+        return build_sources(opts.data, val_data=opts.val_data, val_split=opts.val_split, csv_file=opts.csv,
+                             image_dir=opts.image_dir, image_col=opts.image_col, label_col=opts.label_col,
+                             in_chans=opts.in_chans, seed=opts.seed)
+
+    def default_loss(self, split: DataSplit) -> str:
+        return "bce" if split.multilabel else "ce"
+
+    def check(self, opts: Any, split: DataSplit, loss: Any) -> None:
+        if split.multilabel and loss == "ce":  # softmax makes labels compete; a set of labels needs sigmoids
+            raise ConfigError("--loss ce: this data is multi-label (several labels per image), and cross-entropy "
+                              "picks one; use --loss bce (or auto)")
+
+    def create_model(self, opts: Any, split: DataSplit, pretrained: str) -> nn.Module:
+        return create_model(opts.model, len(split.classes), opts.in_chans, pretrained)
+
+    def data_config(self, model: nn.Module, opts: Any) -> Dict[str, Any]:
+        return resolve_data_config(model, opts.img_size, opts.in_chans)
+
+    def transform(self, opts: Any, dcfg: Dict[str, Any], train: bool) -> Callable:
+        return build_transform(opts.aug, train=train, backend=opts.aug_backend, img_size=dcfg["img_size"],
+                               mean=dcfg["mean"], std=dcfg["std"], interpolation=dcfg["interpolation"],
+                               crop_pct=dcfg["crop_pct"], in_chans=opts.in_chans)
+
+    def meter(self, split: DataSplit, train: bool) -> ClassifyMeter:
+        return ClassifyMeter(keep_outputs=not train)  # validation probabilities feed the best-epoch pictures
+
+    def row(self, train: Dict[str, Any], val: Dict[str, Any]) -> Dict[str, Any]:
+        return {"train_acc": train["acc1"], "val_acc": val["acc1"], "val_acc5": val.get("acc5", "")}
+
+    def describe(self, row: Dict[str, Any], part: str) -> str:
+        return f" acc {row[f'{part}_acc']:.2f}"
+
+    def write_best(self, run_dir: Path, epoch: int, val: Dict[str, Any], split: DataSplit, val_dataset: Any,
+                   dcfg: Dict[str, Any], safe: Callable[..., None]) -> None:
+        """per_class.csv, confusion_matrix.png and predictions.png from the best epoch's probabilities."""
+        probs, targets = val["probs"].float().numpy(), val["targets"].numpy()
+        if not len(probs):
+            return
+        multilabel = split.multilabel or targets.ndim == 2
+        title = f"best checkpoint (epoch {epoch}), validation"
+        stats: Dict[str, Any] = {}
+
+        def per_class() -> None:
+            stats.update(per_class_stats(probs, targets, multilabel))
+            write_per_class_csv(stats, split.classes, run_dir / "per_class.csv")
+
+        safe("per_class.csv", per_class, False)  # numpy and csv only: written even without matplotlib
+        if "cm" in stats:  # single-label only: a multi-label confusion matrix is not defined
+            safe("confusion_matrix.png", lambda: plots.plot_confusion_matrix(
+                stats["cm"], split.classes, run_dir / "confusion_matrix.png", title=title), True)
+        idx = sample_indices(len(probs), N_PICTURES)
+        if idx:
+            with torch.random.fork_rng(devices=[]):  # a custom eval transform must not touch the run's RNG
+                images = torch.stack([val_dataset[i][0] for i in idx])
+            safe("predictions.png", lambda: plot_predictions(
+                images, probs[idx], targets[idx], split.classes, run_dir / "predictions.png", mean=dcfg["mean"],
+                std=dcfg["std"], multilabel=multilabel, title=title), True)
+
+    def predict(self, trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
+                device: torch.device) -> Dict[str, Any]:
+        """predictions.csv (top-k per image) and, when ``popts['submission']`` names a file, the submission."""
+        multilabel = bool(trained.meta.get("multilabel"))
+        probs = predict_probs(trained.model, trained.transform, [p for _, p in items], in_chans=trained.in_chans,
+                              multilabel=multilabel, device=device, batch_size=popts["batch_size"],
+                              workers=popts["workers"], amp=popts["amp"], tta=popts["tta"])
+        result: Dict[str, Any] = {"images": len(items), "predictions": write_predictions_csv(
+            [p for _, p in items], probs, trained.classes, popts["out"], popts["topk"])}
+        log.info("predicted %d images%s -> %s", len(items), " (flip TTA)" if popts["tta"] else "", popts["out"])
+        if popts["submission"]:
+            o = trained.options
+            result["submission"] = write_submission(
+                [i for i, _ in items], probs, trained.classes, popts["submission"],
+                id_col=popts["id_col"] or o.get("image_col") or "id",
+                target_col=popts["target_col"] or o.get("label_col") or "label", sample=popts["sample_submission"],
+                multilabel=multilabel)
+            log.info("wrote %s", popts["submission"])
+        return result
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, transform: Callable, paths: Sequence[str], *, in_chans: int, multilabel: bool,
+                  device: torch.device, batch_size: int, workers: int, amp: bool, tta: bool) -> torch.Tensor:
+    """Probabilities (N, C) for ``paths``: softmax, or sigmoid for multi-label; ``tta`` averages a flip."""
+    dtype = resolve_amp_dtype(device, amp)
+    loader = build_loader(ImageList(paths, transform, in_chans), batch_size=batch_size, train=False,
+                          workers=workers, device=device, persistent=False)  # one pass: no workers kept
+    act = torch.sigmoid if multilabel else (lambda z: z.softmax(dim=1))
+    out = []
+    for images, _ in loader:
+        images = images.to(device, non_blocking=device.type == "cuda")
+        with autocast(device, dtype):
+            p = act(model(images).float())
+            if tta:  # horizontal flip: probabilities averaged, so they still sum to 1
+                p = (p + act(model(images.flip(3)).float())) / 2
+        out.append(p.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
