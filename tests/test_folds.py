@@ -4,8 +4,8 @@ import warnings
 import numpy as np
 import pytest
 
-from kernel import folds as F
-from kernel.folds import fold_indices, make_folds, read_folds_csv, write_folds_csv
+from kernel.data import folds as F
+from kernel.data.folds import fold_indices, make_folds, read_folds_csv, write_folds_csv
 from kernel.registry import ConfigError
 
 K = 5

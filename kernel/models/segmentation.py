@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..finetune import _adapt_first_conv, _read_weights
+from .create import adapt_first_conv, read_weights
 from ..registry import ConfigError, Registry, did_you_mean
 
 __all__ = ["SegArch", "SEG_ARCHS", "DEFAULT_ARCH", "PadToMultiple", "pad_amounts", "create_seg_model",
@@ -183,7 +183,7 @@ def _build_tv(arch: str, name: str, num_classes: int, in_chans: int) -> PadToMul
     model = torchvision.models.get_model(name, weights=None, weights_backbone=None,
                                          num_classes=num_classes, aux_loss=False)
     if in_chans != 3:
-        _adapt_first_conv(model, in_chans)
+        adapt_first_conv(model, in_chans)
     stride = next((s for key, s in _TV_STRIDE.items() if key in name), 32)
     wrapper = PadToMultiple(model, stride)
     wrapper.kernel_head = ("model.classifier",)
@@ -240,7 +240,7 @@ def load_backbone_weights(backbone: nn.Module, path: str, label: str) -> int:
     Fewer than half of the backbone's tensors fitting means the file is of another architecture.
     """
     try:
-        state = _read_weights(path)
+        state = read_weights(path)
     except Exception as e:  # torch.load/safetensors fail on foreign files with assorted error types
         raise ConfigError(f"--pretrained: cannot read {path!r} ({type(e).__name__}); give a state_dict or "
                           "checkpoint .pth/.pt/.bin file or a .safetensors file") from e

@@ -41,7 +41,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .registry import ConfigError
+from ..registry import ConfigError
 
 __all__ = ["make_folds", "write_folds_csv", "read_folds_csv", "fold_indices"]
 
