@@ -12,20 +12,24 @@ can build fake trees.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 from .registry import ConfigError
 
 __all__ = [
     "KAGGLE_INPUT", "KAGGLE_WORKING", "detect_platform", "input_root", "working_root", "mounted_roots",
-    "find_in_inputs", "resolve_path", "default_output_dir", "atomic_write",
+    "find_in_inputs", "resolve_path", "default_output_dir", "atomic_write", "DiskFullError", "remove_leftovers",
+    "load_tensors",
 ]
 
 KAGGLE_INPUT = "/kaggle/input"      # read-only mounts of the attached datasets, models, competitions
 KAGGLE_WORKING = "/kaggle/working"  # kept as the kernel's output (20 GB)
+TMP_SUFFIX = ".tmp"  # atomic_write's temp files: .<name>.<random>.tmp beside the target
 
 # How deep below the input root a mount's top folder can sit, per layout.
 _LAYOUT_DEPTHS = {"datasets": 2, "notebooks": 2, "competitions": 1, "models": 5}
@@ -127,21 +131,81 @@ def default_output_dir(name: str) -> Path:
     return Path("runs") / name
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+class DiskFullError(ConfigError):
+    """No space left while writing an output: the previous file is intact (the write was atomic)."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], size_hint: int = 0) -> None:
     """Call ``write(tmp_path)``, then move the temp file over ``path`` in one step.
 
     A reader (or a run killed mid-write) never sees half a file: the temp file lives in the same
-    folder, so ``os.replace`` is atomic, and it is removed when ``write`` fails.
+    folder, so ``os.replace`` is atomic, and it is removed when ``write`` fails. A full disk (or
+    quota: Kaggle keeps 20 GB of output) becomes a :class:`DiskFullError` saying where and how much
+    space the file needs (``size_hint`` bytes when the caller knows, else what was written so far).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be read (and downloaded)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free
+            need = max(size_hint, written)
+            raise DiskFullError(f"no space left on the device writing {path} (it needs about {need / 2**20:.0f} MB; "
+                                f"{free / 2**20:.0f} MB free); free space (Kaggle keeps at most 20 GB in "
+                                f"/kaggle/working) and resume with --resume auto: the previous {path.name} is "
+                                "intact") from None
         raise
+
+
+def remove_leftovers(folder: str | os.PathLike) -> int:
+    """Delete the temp files of writes that a kill interrupted (``.<name>.<random>.tmp``); returns bytes freed.
+
+    They would otherwise stay in the run folder, and on Kaggle end up in the kernel's output.
+    """
+    freed = 0
+    for f in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        if f.is_file():
+            freed += f.stat().st_size
+            f.unlink()
+    return freed
+
+
+def load_tensors(path: str | os.PathLike, option: str) -> Any:
+    """Load a weights or checkpoint file safely: ``torch.load(weights_only=True)``, or safetensors.
+
+    Every way a file can be wrong is one line naming ``--option`` and the file, in words a user can
+    act on: missing, truncated or not a PyTorch file, a pickle of Python objects (refused: loading it
+    could run code), a corrupt safetensors file.
+    """
+    import torch
+
+    path = str(path)
+    where = f"--{option}: {path!r}"
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where} not found; check the path")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:  # SafetensorError: a cut or foreign file
+            raise ConfigError(f"cannot read {where}: not a valid safetensors file ({' '.join(str(e).split())[:80]});"
+                              " was it copied completely?") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = str(e)
+        if "GLOBAL" in text:  # "Unsupported global: GLOBAL x" or "unsupported GLOBAL x whose module is blocked"
+            raise ConfigError(f"refused: {where} holds Python objects, not only tensors; loading it could run "
+                              "code. Re-save it as a state_dict (torch.save(model.state_dict(), ...)) or safetensors"
+                              ) from None
+        raise ConfigError(f"cannot read {where}: truncated or not a PyTorch file ({type(e).__name__}); was it "
+                          "copied completely?") from None

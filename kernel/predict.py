@@ -35,7 +35,8 @@ from torch import nn
 from .cli import one_line, parser_from_dataclass
 from .data import DataSplit, collect_inputs
 from .engine import load_trained, resolve_device
-from .options import Options, PredictOptions, check_predict_ranges, check_predict_spec
+from .config import check_predict_ranges, check_predict_spec
+from .options import Options, PredictOptions
 from .paths import resolve_path
 from .registry import ConfigError, did_you_mean
 from .report import close_logging, setup_logging

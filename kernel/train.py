@@ -14,21 +14,28 @@ if __name__ == "__main__" and not __package__:  # `python kernel/train.py`: run 
 
     run_file(__file__)
 
+import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 from .cli import one_line
 from .engine import write_classes_json
-from .options import Options, parse_options, save_config
+from .data import REPORT
+from .config import parse_options, save_config
+from .options import Options
+from .paths import remove_leftovers
 from .registry import ConfigError
 from .report import EpochReporter, attach_log_file, close_logging, setup_logging
-from .run import (ONE_SHOTS, effective_options, finish, fit, input_shape, prepare, requested, resume_state,
-                  seed_everything)
+from .run import (ONE_SHOTS, effective_options, finish, fit, input_shape, prepare, repair_best, requested,
+                  resume_state, seed_everything)
 
 __all__ = ["main", "run"]
+
+log = logging.getLogger("kernel")
 
 
 def run(opts: Options) -> Dict[str, Any]:
@@ -39,6 +46,8 @@ def run(opts: Options) -> Dict[str, Any]:
     state = resume_state(p)
     predict_spec = _check_predict_section(opts)
     attach_log_file(p.run_dir)  # from here on the run folder is ours to write
+    _tidy_run_dir(p.run_dir, fresh=state.resumed_from is None)
+    repair_best(p, state)
     save_config(opts, p.run_dir / "config.yaml")
     write_classes_json(p.split.classes, p.run_dir / "classes.json")
     reporter = EpochReporter(p.run_dir, task=p.task, split=p.split, dcfg=p.dcfg, monitor=opts.monitor,
@@ -52,6 +61,15 @@ def run(opts: Options) -> Dict[str, Any]:
         from .predict import predict_after_training
         summary["predict"] = predict_after_training(predict_spec, p.run_dir, opts)
     return summary
+
+
+def _tidy_run_dir(run_dir: Path, fresh: bool) -> None:
+    """Remove what a killed save left behind, and a fresh run's stale list of unreadable images."""
+    freed = remove_leftovers(run_dir)
+    if freed:
+        log.info("removed the temporary files of an interrupted save (%.1f MB)", freed / 2**20)
+    if fresh:
+        (run_dir / REPORT).unlink(missing_ok=True)
 
 
 def _check_predict_section(opts: Options) -> Optional[Dict[str, Any]]:
@@ -70,12 +88,12 @@ def main(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str, Any]] =
         shot = requested(opts)
         if shot is None:
             run(opts)
-        else:
-            eff = effective_options(opts)
-            seed_everything(eff.seed, eff.deterministic)
-            ONE_SHOTS[shot](eff)
-        return 0
+            return 0
+        eff = effective_options(opts)
+        seed_everything(eff.seed, eff.deterministic)
+        return ONE_SHOTS[shot](eff).get("exit_code", 0)
     except ConfigError as e:
+        log.error("%s", one_line(e), extra={"console": False})  # into train.log when it is open
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except torch.OutOfMemoryError:
@@ -84,6 +102,9 @@ def main(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str, Any]] =
     except KeyboardInterrupt:
         print("interrupted; resume with --resume auto", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not a user error: the traceback, on the console and in train.log
+        log.exception("unexpected error; please report it with this traceback")
+        return 1
     finally:
         close_logging()
 

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from kernel.options import Options, build_parser, parse_options, save_config
+from kernel.config import build_parser, parse_options, save_config
+from kernel.options import Options
 from kernel.registry import ConfigError
 
 

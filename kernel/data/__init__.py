@@ -4,6 +4,7 @@ Layers, lowest first: :mod:`.images` (pixels from files), :mod:`.sources` (sampl
 CSVs), :mod:`.shapes` (the built-in procedural data), :mod:`.split` (train/val for classification),
 :mod:`.loader` (transformed datasets and DataLoaders), :mod:`.inputs` (what to predict).
 """
+from .guard import BAD_IMAGES, REPORT, ReadGuard, read_report
 from .images import IMAGE_EXTENSIONS, fit_channel_stats, is_image_file, load_image
 from .inputs import collect_inputs
 from .loader import ImageList, TransformedDataset, build_loader
@@ -15,5 +16,5 @@ __all__ = [
     "IMAGE_EXTENSIONS", "is_image_file", "load_image", "fit_channel_stats", "collect_inputs", "ImageList",
     "TransformedDataset", "build_loader", "SHAPE_CLASSES", "ShapesSource", "draw_shape", "write_shapes",
     "CsvSource", "FolderSource", "Subset", "match_image_ids", "read_csv_rows", "DataSplit", "build_sources",
-    "stratified_split",
+    "stratified_split", "BAD_IMAGES", "REPORT", "ReadGuard", "read_report",
 ]

@@ -12,22 +12,27 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..registry import ConfigError
+from .guard import ReadGuard
 from .images import load_image
 
 __all__ = ["TransformedDataset", "ImageList", "build_loader"]
 
 
 class TransformedDataset(Dataset):
-    """Apply ``transform(image, mask) -> (tensor (C,S,S), mask)`` to a source; items are (image, target)."""
+    """Apply ``transform(image, mask) -> (tensor (C,S,S), mask)`` to a source; items are (image, target).
 
-    def __init__(self, source: Any, transform: Callable, with_mask: bool = False):
-        self.source, self.transform, self.with_mask = source, transform, with_mask
+    Samples are read through ``guard`` (a :class:`~kernel.data.guard.ReadGuard`) when given, so an
+    unreadable file is replaced instead of ending the run.
+    """
+
+    def __init__(self, source: Any, transform: Callable, with_mask: bool = False, guard: Optional[ReadGuard] = None):
+        self.source, self.transform, self.with_mask, self.guard = source, transform, with_mask, guard
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, Any]:
-        image, target, mask = self.source[i]
+        image, target, mask = self.guard.read(self.source, i) if self.guard is not None else self.source[i]
         image, mask = self.transform(image, mask if self.with_mask else None)
         return (image, target, mask) if self.with_mask else (image, target)
 

@@ -74,6 +74,9 @@ class ShapesSource:
         img, mask = draw_shape(label, self.seed, i, self.size)
         return img, label, mask
 
+    def path(self, i: int) -> str:
+        return f"shapes[{i}]"
+
 
 def write_shapes(root: str | os.PathLike, n: int = 200, seed: int = 0, size: int = 64) -> Path:
     """Write ``n`` images as ``root/train/<class>/<id>.png`` and ``root/train.csv`` (id,label).

@@ -51,6 +51,16 @@ def match_image_ids(ids: Sequence[str], folder: str | os.PathLike) -> List[str]:
     return paths
 
 
+def _real_root_hint(root: Path) -> str:
+    """When ``--data`` points at one class folder, its parent often is the ImageFolder root: say so."""
+    parent = root.resolve().parent
+    siblings = [d for d in parent.iterdir() if d.is_dir() and not d.name.startswith(".")
+                and any(is_image_file(f) for f in d.iterdir())]
+    if len(siblings) > 1 and root.resolve() in [d.resolve() for d in siblings]:
+        return f"; did you mean --data {str(root.parent)!r}? It holds {len(siblings)} folders of images"
+    return "; expected DIR/<class>/<image> with one folder per class"
+
+
 class FolderSource:
     """ImageFolder layout ``root/<class>/<image>``; classes are the sorted folder names."""
 
@@ -59,7 +69,12 @@ class FolderSource:
         found = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         self.classes = classes or found
         if not self.classes:
-            raise ConfigError(f"--data: {root!r} has no class folders; expected {root}/<class>/<image>.png")
+            loose = any(is_image_file(f) for f in self.root.iterdir())
+            raise ConfigError(f"--data: {root!r} has no class folders{' (it holds images: a class folder?)' if loose else ''}"
+                              f"{_real_root_hint(self.root)}")
+        if classes is None and len(found) == 1:
+            raise ConfigError(f"--data: {root!r} has a single class folder ({found[0]!r}); a classifier needs two "
+                              f"or more{_real_root_hint(self.root)}")
         index = {c: i for i, c in enumerate(self.classes)}
         self.samples: List[Tuple[str, int]] = []
         for c in found:
@@ -79,6 +94,9 @@ class FolderSource:
         path, target = self.samples[i]
         return load_image(path, self.in_chans), target, None
 
+    def path(self, i: int) -> str:
+        return self.samples[i][0]
+
 
 class CsvSource:
     """Kaggle-style CSV: an image id/path column and a label column (space-separated: multi-label).
@@ -91,8 +109,11 @@ class CsvSource:
         self.in_chans = in_chans
         rows = read_csv_rows(csv_path, "csv")
         cols = list(rows[0].keys())
+        if len(cols) < 2 and not label_col:
+            raise ConfigError(f"--csv: {csv_path!r} has one column ({cols[0]!r}) and no label column; a training CSV "
+                              "needs an image id column and a label column (id,label)")
         image_col = image_col or cols[0]
-        label_col = label_col or (cols[1] if len(cols) > 1 else "")
+        label_col = label_col or cols[1]
         for opt, col in (("image-col", image_col), ("label-col", label_col)):
             if col not in cols:
                 raise ConfigError(f"--{opt}: column {col!r} not in {csv_path!r} (columns: {', '.join(cols)})")
@@ -117,6 +138,9 @@ class CsvSource:
             target = hot
         return load_image(path, self.in_chans), target, None
 
+    def path(self, i: int) -> str:
+        return self.samples[i][0]
+
 
 class Subset:
     """A view of ``source`` restricted to ``indices`` (keeps ``targets``)."""
@@ -130,3 +154,7 @@ class Subset:
 
     def __getitem__(self, i: int) -> Any:
         return self.source[self.indices[i]]
+
+    def path(self, i: int) -> str:
+        fn = getattr(self.source, "path", None)
+        return fn(self.indices[i]) if callable(fn) else f"sample {self.indices[i]}"

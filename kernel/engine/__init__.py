@@ -7,10 +7,10 @@ checkpoint schema, atomic saves, RNG states, safetensors export).
 from .amp import amp_name, autocast, make_scaler, resolve_amp_dtype, resolve_device
 from .checkpoint import (FORMAT, export_safetensors, load_checkpoint, load_trained, make_checkpoint, read_checkpoint,
                          rng_state, save_checkpoint, set_rng_state, unwrap_model, write_classes_json)
-from .loop import Meter, evaluate, train_one_epoch
+from .loop import Meter, TrainingDiverged, evaluate, train_one_epoch
 from .optim import OPTIMIZERS, create_optimizer, param_groups
 
 __all__ = ["amp_name", "autocast", "make_scaler", "resolve_amp_dtype", "resolve_device", "FORMAT",
            "export_safetensors", "load_checkpoint", "load_trained", "write_classes_json", "make_checkpoint", "read_checkpoint", "rng_state",
-           "save_checkpoint", "set_rng_state", "unwrap_model", "Meter", "evaluate", "train_one_epoch",
+           "save_checkpoint", "set_rng_state", "unwrap_model", "Meter", "TrainingDiverged", "evaluate", "train_one_epoch",
            "OPTIMIZERS", "create_optimizer", "param_groups"]

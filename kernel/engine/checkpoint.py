@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..paths import atomic_write
+from ..paths import atomic_write, load_tensors
 from ..registry import ConfigError
 
 __all__ = ["FORMAT", "unwrap_model", "make_checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint",
@@ -82,9 +82,19 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _tensor_bytes(x: Any) -> int:
+    if torch.is_tensor(x):
+        return x.numel() * x.element_size()
+    if isinstance(x, dict):
+        return sum(_tensor_bytes(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in x)
+    return 0
+
+
 def save_checkpoint(state: Dict[str, Any], path: str | os.PathLike) -> None:
-    """Atomically ``torch.save`` a dict of tensors and builtins."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Atomically ``torch.save`` a dict of tensors and builtins (a full disk: one line, old file intact)."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp), size_hint=_tensor_bytes(state))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -111,11 +121,7 @@ def read_checkpoint(path: str | os.PathLike, option: str = "checkpoint") -> Dict
     Any problem is a one-line ConfigError naming ``--option`` and the file.
     """
     where = f"--{option}: {str(path)!r}"
-    try:
-        ckpt = load_checkpoint(path)
-    except Exception as e:
-        raise ConfigError(f"{where}: cannot load it ({type(e).__name__}); give a best.pt or last.pt written by "
-                          "kernel.train") from None
+    ckpt = load_tensors(path, option)
     if isinstance(ckpt, dict) and "format" not in ckpt and "model" in ckpt and "classes" in ckpt:
         ckpt = {**ckpt, "format": FORMAT, "task": "classify", "meta": {"multilabel": bool(ckpt.get("multilabel"))}}
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
@@ -156,8 +162,8 @@ def load_trained(path: str | os.PathLike) -> Dict[str, Any]:
         ckpt = read_checkpoint(path)
         return {k: ckpt[k] for k in ("model", "task", "classes", "meta", "options")}
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
+    state = load_tensors(path, "checkpoint")  # one-line errors for a cut or foreign file
     with safe_open(str(path), "pt") as fh:
         info = fh.metadata() or {}
     sidecar = path.with_name("classes.json")
@@ -172,5 +178,5 @@ def load_trained(path: str | os.PathLike) -> Dict[str, Any]:
     else:
         options = {"model": info.get("model", ""), "in_chans": int(info.get("in_chans", 3))}
     meta = json.loads(info["meta"]) if "meta" in info else {"multilabel": info.get("multilabel") == "true"}
-    return {"model": load_file(str(path)), "task": info.get("task", "classify"), "classes": list(classes),
+    return {"model": state, "task": info.get("task", "classify"), "classes": list(classes),
             "meta": meta, "options": options, "has_config": cfg.is_file()}

@@ -18,11 +18,19 @@ from typing import Any, Callable, Dict, Optional, Protocol
 import torch
 from torch import nn
 
+from ..registry import ConfigError
 from .amp import autocast
 
-__all__ = ["Meter", "train_one_epoch", "evaluate"]
+__all__ = ["Meter", "TrainingDiverged", "train_one_epoch", "evaluate"]
 
 log = logging.getLogger(__name__)
+MAX_NONFINITE = 3     # consecutive non-finite losses that stop a run
+MAX_SKIPPED = 25      # consecutive updates skipped by the GradScaler (its scale has then fallen ~2**25)
+CHECK_EVERY = 4       # batches between host-side checks of the loss (each check waits for the device)
+
+
+class TrainingDiverged(ConfigError):
+    """The loss stayed non-finite (or the GradScaler kept skipping): training cannot recover by itself."""
 
 
 class Meter(Protocol):
@@ -57,6 +65,17 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, params: list, scaler: Opti
     return scaler.get_scale() >= scale_before  # the scale drops only on a skipped step
 
 
+def _check_divergence(bad_streak: int, skip_streak: int, step: int, loss: torch.Tensor) -> None:
+    """Stop a run whose loss stays non-finite, before a checkpoint of broken weights is ever saved."""
+    fix = "lower --lr, add --clip-grad 1.0, or train in fp32 (without --amp); check the data and the loss"
+    if bad_streak >= MAX_NONFINITE:
+        raise TrainingDiverged(f"step {step}: the loss is {float(loss.detach())} for {bad_streak} steps in a row; "
+                               f"{fix}. The last good checkpoint (last.pt) is kept")
+    if skip_streak >= MAX_SKIPPED:
+        raise TrainingDiverged(f"step {step}: the GradScaler skipped {skip_streak} updates in a row (inf/NaN "
+                               f"gradients); {fix}. The last good checkpoint (last.pt) is kept")
+
+
 def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, loss_fn: Callable, *,
                     device: torch.device, meter: Optional[Meter] = None, amp_dtype: Optional[torch.dtype] = None,
                     scaler: Optional[torch.amp.GradScaler] = None, accum_steps: int = 1, clip_grad: float = 0.0,
@@ -72,7 +91,8 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     loss_sum = torch.zeros((), device=device)
-    seen, updates, skipped = 0, 0, 0
+    bad_streak = torch.zeros((), dtype=torch.long, device=device)  # consecutive non-finite losses, on the device
+    seen, updates, skipped, skip_streak = 0, 0, 0, 0
     start = time.perf_counter()
     for i, (images, targets) in enumerate(loader):
         if i >= n_batches:
@@ -93,16 +113,19 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         scaled = loss / group_size if group_size > 1 else loss
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss_sum += loss.detach().float() * images.shape[0]
+        bad_streak = torch.where(torch.isfinite(loss.detach()), 0, bad_streak + 1)
         if meter is not None:
             meter.update(logits.detach(), targets)
         seen += images.shape[0]
         if i + 1 == group_start + group_size:  # end of an accumulation group: update
             if _optimizer_step(optimizer, params, scaler, clip_grad):
-                updates += 1
+                updates, skip_streak = updates + 1, 0
                 if schedule is not None:
                     schedule.step_update()
             else:
-                skipped += 1
+                skipped, skip_streak = skipped + 1, skip_streak + 1
+        if (i + 1) % CHECK_EVERY == 0 or i + 1 == n_batches:
+            _check_divergence(int(bad_streak), skip_streak, i + 1, loss)
         if progress is not None:
             progress(i + 1, n_batches, lambda: {"loss": (loss_sum / max(seen, 1)).item()})
     if device.type == "cuda":

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..data.images import fit_channel_stats
+from ..paths import load_tensors
 from ..registry import ConfigError, did_you_mean
 
 __all__ = ["create_model", "list_models", "read_weights", "adapt_first_conv", "resolve_data_config",
@@ -46,15 +47,18 @@ def _unknown_model(name: str) -> ConfigError:
     return ConfigError(f"--model: unknown model {name!r}{hint} (list them with --list-models '*{name[:4]}*')")
 
 
-def read_weights(path: str) -> Dict[str, torch.Tensor]:
-    """A state_dict from a weights file: plain state_dict, ours ({'model': ...}) or safetensors."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path)
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+def read_weights(path: str, option: str = "pretrained") -> Dict[str, torch.Tensor]:
+    """A state_dict from a weights file: plain state_dict, ours ({'model': ...}) or safetensors.
+
+    Unreadable, truncated or unsafe files are one-line ConfigErrors (see :func:`kernel.paths.load_tensors`).
+    """
+    sd = load_tensors(path, option)
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ConfigError(f"--{option}: {path!r} holds no state_dict (a mapping of names to tensors); save one with "
+                          "torch.save(model.state_dict(), ...)")
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
 
 
@@ -117,12 +121,21 @@ def _create_tv(name: str, num_classes: int, in_chans: int, pretrained: str) -> n
             fit = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
             if len(fit) < 0.9 * len(own):
                 raise ConfigError(f"--pretrained: {pretrained!r} does not match tv:{name} "
-                                  f"({len(fit)} of {len(own)} tensors fit)")
+                                  f"({len(fit)} of {len(own)} tensors fit); give weights of tv:{name} itself")
             model.load_state_dict(fit, strict=False)
     model.kernel_head = _replace_tv_head(model, num_classes)
     if in_chans != 3:
         adapt_first_conv(model, in_chans)
     return model
+
+
+def _check_fit(state: Dict[str, torch.Tensor], model: nn.Module, path: str, name: str) -> None:
+    """Refuse weights of which fewer than half the model's tensors fit (same name and shape): another model."""
+    own = model.state_dict()
+    fit = sum(1 for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape))
+    if 2 * fit < len(own):
+        raise ConfigError(f"--pretrained: {path!r} does not match {name} ({fit} of {len(own)} tensors fit); "
+                          f"give weights of {name} itself (or pick the --model they belong to)")
 
 
 def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: str) -> nn.Module:
@@ -137,9 +150,16 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: str) ->
         if not timm.is_model(name):
             raise _unknown_model(name)
         if pretrained not in ("none", "hub"):
+            _check_fit(read_weights(pretrained), timm.create_model(name, **kwargs), pretrained, name)
             # timm adapts the classifier and first conv, and applies the model's own filter_fn.
             kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(pretrained))
-        model = timm.create_model(name, pretrained=pretrained != "none", **kwargs)
+        try:
+            model = timm.create_model(name, pretrained=pretrained != "none", **kwargs)
+        except RuntimeError as e:  # load_state_dict: names or shapes beyond the head and first conv differ
+            if pretrained in ("none", "hub"):
+                raise
+            raise ConfigError(f"--pretrained: {pretrained!r} does not fit {name}: "
+                              f"{str(e).strip().splitlines()[0][:160]}") from None
     head = model.pretrained_cfg.get("classifier", "head")
     model.kernel_head = head[0] if isinstance(head, (list, tuple)) else head
     return model

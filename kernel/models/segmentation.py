@@ -239,11 +239,7 @@ def load_backbone_weights(backbone: nn.Module, path: str, label: str) -> int:
 
     Fewer than half of the backbone's tensors fitting means the file is of another architecture.
     """
-    try:
-        state = read_weights(path)
-    except Exception as e:  # torch.load/safetensors fail on foreign files with assorted error types
-        raise ConfigError(f"--pretrained: cannot read {path!r} ({type(e).__name__}); give a state_dict or "
-                          "checkpoint .pth/.pt/.bin file or a .safetensors file") from e
+    state = read_weights(path)  # one-line errors for missing, cut, unsafe or foreign files
     own = backbone.state_dict()
     fit = fit_backbone_state({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, own)
     if 2 * len(fit) < len(own):

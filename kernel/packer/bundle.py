@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..options import load_config_file
+from ..config import load_config_file
 from ..registry import ConfigError, did_you_mean
 from .config import collect_user_modules, validate_config
 from .metadata import (BOOL_KEYS, KERNEL_DEFAULTS, KERNEL_KEYS, PLACEHOLDER_OWNER, RETIRED_SHAPES, SOURCE_KEYS,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..options import check_predict_spec, check_values
+from ..config import check_predict_spec, check_values
 from ..registry import ConfigError
 from .metadata import BuildError, is_secret_name
 from .script import Module
@@ -38,7 +38,7 @@ def _looks_absolute(text: str) -> bool:
 
 
 def validate_config(config: Dict[str, Any], problems: List[str], where: str) -> None:
-    """Names and types (with :mod:`kernel.options`), the ``predict:`` section, credentials files named
+    """Names and types (with :mod:`kernel.config`), the ``predict:`` section, credentials files named
     anywhere, and paths that cannot exist on Kaggle (absolute local paths).
 
     Choices that come from registries (scheduler names...) are checked when the kernel starts: checking

@@ -41,6 +41,8 @@ def setup_logging(level: int = logging.INFO) -> logging.Logger:
     logger.propagate = False
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+    # extra={"console": False}: for train.log only (the entry point prints user errors itself, as one line)
+    console.addFilter(lambda record: getattr(record, "console", True))
     logger.addHandler(console)
     logger.addHandler(_Buffer())
     return logger

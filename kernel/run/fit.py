@@ -14,18 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
+
 from .. import __version__
-from ..engine import (amp_name, evaluate, export_safetensors, make_checkpoint, read_checkpoint, save_checkpoint,
-                      set_rng_state, train_one_epoch)
+from ..data import REPORT, read_report
+from ..engine import (TrainingDiverged, amp_name, evaluate, export_safetensors, make_checkpoint, read_checkpoint,
+                      save_checkpoint, set_rng_state, train_one_epoch)
 from ..models import set_backbone_frozen, train_mode
-from ..options import options_to_dict
+from ..config import options_to_dict
 from ..paths import atomic_write, detect_platform, find_in_inputs, resolve_path
 from ..registry import ConfigError
 from ..report import EpochReporter, Progress, write_json, write_metrics_csv
 from ..tasks import monitor_mode
 from .prepare import Prepared, backbone_frozen
 
-__all__ = ["FitState", "resume_path", "resume_state", "fit", "finish", "epoch_seed", "input_shape", "BASE_COLUMNS"]
+__all__ = ["FitState", "resume_path", "resume_state", "repair_best", "fit", "finish", "epoch_seed", "input_shape",
+           "BASE_COLUMNS"]
 
 log = logging.getLogger("kernel")
 BASE_COLUMNS = ("epoch", "lr", "train_loss", "val_loss")  # then the task's columns, then the timings
@@ -41,6 +45,7 @@ class FitState:
     best_epoch: int = 0
     history: List[Dict[str, Any]] = field(default_factory=list)
     last_epoch: int = 0
+    resumed_from: Optional[Path] = None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -68,18 +73,54 @@ def resume_state(p: Prepared) -> FitState:
     if path is None:
         return FitState()
     ckpt = read_checkpoint(path, "resume")
-    if ckpt["task"] != p.task.name or ckpt["classes"] != p.split.classes:
-        raise ConfigError(f"--resume: {str(path)!r} was trained as task {ckpt['task']} on classes "
-                          f"{ckpt['classes']}, not these")
-    p.model.load_state_dict(ckpt["model"])
-    p.optimizer.load_state_dict(ckpt["optimizer"])
-    p.schedule.load_state_dict(ckpt["schedule"])
-    if p.scaler is not None and ckpt.get("scaler"):
-        p.scaler.load_state_dict(ckpt["scaler"])
+    was, now = _trained_as(ckpt["task"], ckpt["options"], ckpt["classes"]), \
+        _trained_as(p.task.name, options_to_dict(p.opts), p.split.classes)
+    if was != now or ckpt["classes"] != p.split.classes:
+        raise ConfigError(f"--resume: {str(path)!r} was trained as {was}; this run is {now}. Resume with the same "
+                          "--model and data, or start a new run with another --name")
+    try:
+        p.model.load_state_dict(ckpt["model"])
+        p.optimizer.load_state_dict(ckpt["optimizer"])
+        p.schedule.load_state_dict(ckpt["schedule"])
+        if p.scaler is not None and ckpt.get("scaler"):
+            p.scaler.load_state_dict(ckpt["scaler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"--resume: {str(path)!r} does not fit this run ({str(e).strip().splitlines()[0][:120]}); "
+                          "resume with the options it was trained with (see its config.yaml)") from None
     set_rng_state(ckpt["rng"])
     log.info("resumed from %s at epoch %d", path, ckpt["epoch"] + 1)
     return FitState(start_epoch=ckpt["epoch"] + 1, best=ckpt["best_metric"], best_epoch=ckpt["best_epoch"],
-                    history=list(ckpt["history"]), last_epoch=ckpt["epoch"])
+                    history=list(ckpt["history"]), last_epoch=ckpt["epoch"], resumed_from=Path(path))
+
+
+def _trained_as(task: str, options: Dict[str, Any], classes: List[str]) -> str:
+    """How a run describes itself in a resume error: ``resnet18 on 3 classes`` (+ the task when not classify)."""
+    what = f"{options.get('model')} on {len(classes)} classes"
+    return what if task == "classify" else f"{task} {what}"
+
+
+def repair_best(p: Prepared, state: FitState) -> None:
+    """After a kill between writing last.pt and copying it to best.pt, make the best files match the record.
+
+    When the last finished epoch was the best one, best.pt must hold that epoch and model.safetensors its
+    weights; a kill in between leaves them one best epoch behind. Called once the run folder is ours.
+    """
+    last, best = p.run_dir / "last.pt", p.run_dir / "best.pt"
+    if state.resumed_from is None or state.resumed_from.resolve() != last.resolve() \
+            or state.best_epoch != state.last_epoch or state.best_epoch == 0:
+        return
+    try:
+        best_epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    except Exception:  # missing or cut by the kill
+        best_epoch = None
+    safetensors = p.run_dir / "model.safetensors"
+    if best_epoch == state.best_epoch and safetensors.is_file() and safetensors.stat().st_mtime >= best.stat().st_mtime:
+        return
+    log.info("best.pt held epoch %s but the best epoch is %d (a kill between saves): rewritten from last.pt",
+             best_epoch, state.best_epoch)
+    atomic_write(best, lambda tmp: shutil.copyfile(last, tmp))
+    export_safetensors(p.model, p.split.classes, safetensors, task=p.task.name, meta=p.task.export_meta(p.split),
+                       model_name=p.opts.model, in_chans=p.opts.in_chans)
 
 
 def _save(p: Prepared, state: FitState, improved: bool) -> None:
@@ -125,8 +166,12 @@ def fit(p: Prepared, state: FitState, reporter: EpochReporter) -> FitState:
     maximize = monitor_mode(o.monitor) == "max"
     stale = 0 if state.best_epoch == 0 else state.start_epoch - 1 - state.best_epoch
     for epoch in range(state.start_epoch, o.epochs + 1):
-        row = _train_epoch(p, epoch)
+        try:
+            row = _train_epoch(p, epoch)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"epoch {epoch}, {e}") from None
         val = row.pop("_val")
+        _check_bad_images(p, epoch)
         metric = row[o.monitor]
         p.schedule.step_epoch(metric)
         improved = state.best is None or (metric > state.best if maximize else metric < state.best)
@@ -145,6 +190,19 @@ def fit(p: Prepared, state: FitState, reporter: EpochReporter) -> FitState:
             log.info("early stop: %s has not improved for %d epochs", o.monitor, stale)
             break
     return state
+
+
+def _check_bad_images(p: Prepared, epoch: int) -> None:
+    """Say how many unreadable images were replaced so far, and stop when they exceed the limit."""
+    bad = read_report(p.run_dir / REPORT)
+    if not bad:
+        return
+    total = len(p.split.train) + len(p.split.val)
+    log.info("epoch %d: %d unreadable image%s replaced so far (listed in %s)", epoch, len(bad),
+             "" if len(bad) == 1 else "s", p.run_dir / REPORT)
+    if len(bad) > p.opts.bad_images_limit * total:
+        raise ConfigError(f"--data: {len(bad)} of {total} images are unreadable, more than --bad-images-limit "
+                          f"{p.opts.bad_images_limit:g}; the data is broken, not one file: check it with --check-data")
 
 
 def finish(p: Prepared, state: FitState, wall_time: float) -> Dict[str, Any]:

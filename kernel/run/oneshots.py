@@ -1,16 +1,16 @@
 """The one-shot commands: look at something and exit, without training.
 
-Each takes the effective options and returns a small dict (what it wrote or printed), the same
-convention as a training run's summary; :data:`ONE_SHOTS` maps the option that asks for it to the
-function, and :func:`requested` says which one (if any) the options ask for.
+Each takes the effective options and returns a small dict (what it wrote or printed; ``exit_code``
+when it is not 0), the same convention as a training run's summary; :data:`ONE_SHOTS` maps the
+option that asks for it to the function, and :func:`requested` says which one (if any) is asked for.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable, Dict, Optional
 
-from ..augment import save_aug_grid
-from ..data import TransformedDataset
+from ..augment import save_aug_grid, seed_worker
+from ..data import REPORT, ReadGuard, TransformedDataset, build_loader, read_report
 from ..engine import resolve_device
 from ..models import list_models
 from ..options import Options
@@ -61,8 +61,46 @@ def _preview_lr(opts: Options) -> Dict[str, Any]:
     return {"preview_lr": str(path)}
 
 
+class _ReadOnly:
+    """Items: 0 after reading sample i through the guard (no transform: only the files are checked)."""
+
+    def __init__(self, source: Any, guard: ReadGuard):
+        self.source, self.guard = source, guard
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> int:
+        self.guard.read(self.source, i)
+        return 0
+
+
+def _check_data(opts: Options) -> Dict[str, Any]:
+    """Read every training and validation file once (with the DataLoader workers); report the unreadable ones."""
+    task = get_task(opts.task)
+    split = prepare_data(opts, task)
+    run_dir = run_dir_of(opts)
+    report = run_dir / REPORT
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report.unlink(missing_ok=True)  # this check's findings only
+    guard = ReadGuard("skip", str(report), limit=1.0, what="--check-data")
+    for source in (split.train, split.val):
+        loader = build_loader(_ReadOnly(source, guard), batch_size=64, train=False, workers=opts.workers,
+                              device=resolve_device("cpu"), worker_init_fn=seed_worker, persistent=False)
+        for _ in loader:
+            pass
+    bad, total = read_report(report), len(split.train) + len(split.val)
+    if bad:
+        print(f"{len(bad)} of {total} images are unreadable; listed in {report}")
+    else:
+        report.unlink(missing_ok=True)
+        print(f"all {total} images are readable")
+    return {"check_data": len(bad), "exit_code": 1 if bad else 0}
+
+
 ONE_SHOTS: Dict[str, Callable[[Options], Dict[str, Any]]] = {
-    "list_models": _list_models, "summary": _summary, "show_aug": _show_aug, "preview_lr": _preview_lr}
+    "list_models": _list_models, "summary": _summary, "show_aug": _show_aug, "preview_lr": _preview_lr,
+    "check_data": _check_data}
 
 
 def requested(opts: Options) -> Optional[str]:

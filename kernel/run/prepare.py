@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..augment import seed_worker
-from ..data import DataSplit, Subset, TransformedDataset, build_loader
+from ..data import REPORT, DataSplit, ReadGuard, Subset, TransformedDataset, build_loader
 from ..engine import create_optimizer, make_scaler, param_groups, resolve_amp_dtype, resolve_device
 from ..losses import create_loss
 from ..models import model_summary, set_backbone_frozen
@@ -32,8 +32,8 @@ from ..registry import ConfigError, parse_kwargs
 from ..schedule import LRSchedule, create_scheduler
 from ..tasks import Task, get_task, monitor_mode
 
-__all__ = ["DRY_RUN", "Prepared", "backbone_frozen", "effective_options", "seed_everything", "run_dir_of", "prepare_data",
-           "prepare_model", "prepare_loaders", "prepare_optimization", "prepare"]
+__all__ = ["DRY_RUN", "Prepared", "backbone_frozen", "effective_options", "seed_everything", "run_dir_of",
+           "read_guard", "prepare_data", "prepare_model", "prepare_loaders", "prepare_optimization", "prepare"]
 
 log = logging.getLogger("kernel")
 DRY_RUN = dict(train_batches=3, val_batches=2, epochs=2, batch_size=8)  # what --dry-run shrinks the run to
@@ -136,14 +136,20 @@ def prepare_model(opts: Options, task: Task, split: DataSplit) -> Tuple[nn.Modul
     return model, dcfg
 
 
+def read_guard(opts: Options) -> ReadGuard:
+    """How samples are read: unreadable files skipped or fatal, logged in the run folder's bad_images.txt.
+    One guard per dataset: its limit is a fraction of that dataset."""
+    return ReadGuard(opts.bad_images, str(run_dir_of(opts) / REPORT), opts.bad_images_limit, "--data")
+
+
 def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str, Any],
                     device: torch.device) -> Tuple[Any, Any, torch.Generator]:
     """(train loader, validation loader, the generator that seeds the training shuffle)."""
     generator = torch.Generator()
-    train = build_loader(TransformedDataset(split.train, task.transform(opts, dcfg, train=True)),
+    train = build_loader(TransformedDataset(split.train, task.transform(opts, dcfg, train=True), guard=read_guard(opts)),
                          batch_size=opts.batch_size, train=True, workers=opts.workers, device=device,
                          generator=generator, worker_init_fn=seed_worker, persistent=not opts.deterministic)
-    val = build_loader(TransformedDataset(split.val, task.transform(opts, dcfg, train=False)),
+    val = build_loader(TransformedDataset(split.val, task.transform(opts, dcfg, train=False), guard=read_guard(opts)),
                        batch_size=opts.batch_size, train=False, workers=opts.workers, device=device,
                        worker_init_fn=seed_worker)
     return train, val, generator

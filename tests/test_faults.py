@@ -1,0 +1,292 @@
+"""Bad files and faults never cost a run: one line each (no traceback), the existing run untouched.
+
+Every bad input is built here: truncated PNG and JPEG, zero-byte and text-as-JPEG images, truncated and
+random-bytes checkpoints, a pickle with a code payload, a cut safetensors file, weights of another
+architecture, a checkpoint of another model, an empty config, a one-class ImageFolder.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from kernel.data import write_shapes
+from kernel.predict import main as predict_main
+from kernel.train import main
+
+from conftest import small_args
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line(capsys) -> str:
+    """The error line of stderr: besides the run's progress log (timestamped INFO/WARNING lines), exactly
+    one line, starting with ``error:``, and no traceback anywhere."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", ln)]
+    assert len(lines) == 1 and "Traceback" not in err and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+class _Evil:
+    def __reduce__(self):  # what a malicious pickle does: run code when loaded
+        return (os.system, ("echo pwned",))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A finished one-epoch run (the run folder the failing commands must leave alone) and its data."""
+    root = tmp_path_factory.mktemp("faults")
+    data = write_shapes(root / "data", n=48, seed=0, size=32)
+    assert main(small_args(root / "runs", "--data", str(data / "train"), "--epochs", "1", "--name", "exp",
+                           "--no-tensorboard", "--aug", "none")) == 0
+    return root, data
+
+
+def _bad_files(folder: Path) -> dict:
+    """Every kind of broken weights file, by name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = io.BytesIO()
+    torch.save({"w": torch.zeros(64, 64)}, good)
+    files = {"truncated.pt": good.getvalue()[: len(good.getvalue()) // 2], "random.pt": os.urandom(4096),
+             "empty.pt": b""}
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    torch.save({"model": _Evil()}, folder / "payload.pt")
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(64, 64)}, folder / "whole.safetensors")
+    blob = (folder / "whole.safetensors").read_bytes()
+    (folder / "cut.safetensors").write_bytes(blob[: len(blob) - 100])
+    return {"truncated.pt": "truncated or not a PyTorch file", "random.pt": "truncated or not a PyTorch file",
+            "empty.pt": "truncated or not a PyTorch file", "payload.pt": "holds Python objects",
+            "cut.safetensors": "not a valid safetensors file"}
+
+
+@pytest.mark.parametrize("option", ["--resume", "--pretrained"])
+def test_broken_weight_files_are_one_line_and_touch_nothing(base, tmp_path, capsys, option):
+    root, data = base
+    before = _snapshot(root / "runs" / "exp")
+    for name, words in _bad_files(tmp_path / "bad").items():
+        path = tmp_path / "bad" / name
+        assert main(small_args(root / "runs", "--data", str(data / "train"), "--name", "exp", option, str(path))) == 2
+        line = _one_line(capsys)
+        assert name in line and words in line and option in line, line
+        assert _snapshot(root / "runs" / "exp") == before, name
+
+
+def test_broken_checkpoint_for_predict(base, tmp_path, capsys):
+    root, data = base
+    for name, words in _bad_files(tmp_path / "bad").items():
+        assert predict_main(["--checkpoint", str(tmp_path / "bad" / name), str(data / "images"), "--device",
+                             "cpu", "--workers", "0", "--out", str(tmp_path / "p.csv")]) == 2
+        line = _one_line(capsys)
+        assert name in line and words in line, line
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_weights_of_another_architecture(base, tmp_path, capsys):
+    root, data = base
+    from kernel.models import create_model
+
+    torch.save(create_model("test_vit", 10).state_dict(), tmp_path / "vit.pth")
+    before = _snapshot(root / "runs" / "exp")
+    assert main(small_args(root / "runs", "--data", str(data / "train"), "--name", "exp",
+                           "--pretrained", str(tmp_path / "vit.pth"))) == 2
+    line = _one_line(capsys)
+    assert "vit.pth" in line and "tensors fit" in line and "test_resnet" in line, line
+    assert _snapshot(root / "runs" / "exp") == before
+
+
+def test_resume_from_a_checkpoint_of_another_model(base, capsys):
+    root, data = base
+    before = _snapshot(root / "runs" / "exp")
+    args = small_args(root / "runs", "--data", str(data / "train"), "--name", "exp", "--resume", "auto")
+    args[args.index("test_resnet")] = "test_efficientnet"
+    assert main(args) == 2
+    line = _one_line(capsys)
+    assert "was trained as test_resnet on 4 classes; this run is test_efficientnet on 4 classes" in line, line
+    assert "last.pt" in line
+    assert _snapshot(root / "runs" / "exp") == before
+
+
+def test_empty_config_and_one_class_imagefolder(base, tmp_path, capsys):
+    root, data = base
+    before = _snapshot(root / "runs" / "exp")
+    (tmp_path / "run.yaml").write_text("")
+    (tmp_path / "good.yaml").write_text("epochs: 2\n")
+    assert main(small_args(root / "runs", "--name", "exp", "--config", str(tmp_path / "run.yaml"))) == 2
+    line = _one_line(capsys)
+    assert "run.yaml" in line and "is empty" in line and "did you mean 'good.yaml'" in line, line
+    # --data pointed at a class folder: images, no class folders; its parent is the real root
+    assert main(small_args(root / "runs", "--name", "exp", "--data", str(data / "train" / "circle"))) == 2
+    line = _one_line(capsys)
+    assert "has no class folders (it holds images" in line and f"did you mean --data {str(data / 'train')!r}" in line
+    # an ImageFolder root with a single class
+    one = tmp_path / "one" / "cats"
+    shutil.copytree(data / "train" / "circle", one)
+    assert main(small_args(root / "runs", "--name", "exp", "--data", str(one.parent))) == 2
+    line = _one_line(capsys)
+    assert "has a single class folder ('cats')" in line and "needs two or more" in line, line
+    assert _snapshot(root / "runs" / "exp") == before
+
+
+def test_one_column_csv_says_it_has_no_label_column(base, tmp_path, capsys):
+    root, data = base
+    (data / "ids.csv").write_text("id\n00000\n00001\n")
+    assert main(small_args(tmp_path, "--data", str(data), "--csv", "ids.csv", "--image-dir", "images")) == 2
+    assert "no label column" in _one_line(capsys)
+
+
+def _break_images(folder: Path, names) -> list:
+    """Replace the given images of an ImageFolder with broken files of every kind."""
+    kinds = ["truncated_png", "zero", "text_jpg", "truncated_jpg"]
+    bad = []
+    files = sorted(folder.rglob("*.png"))
+    for k, i in enumerate(names):
+        path, kind = files[i], kinds[k % len(kinds)]
+        if kind == "truncated_png":
+            blob = path.read_bytes()
+            path.write_bytes(blob[: len(blob) // 2])
+        elif kind == "zero":
+            path.write_bytes(b"")
+        else:
+            img = Image.open(path).convert("RGB")
+            path.unlink()
+            path = path.with_suffix(".jpg")
+            if kind == "text_jpg":
+                path.write_text("not an image at all")
+            else:
+                buf = io.BytesIO()
+                img.save(buf, format="JPEG")
+                path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+        bad.append(str(path))
+    return bad
+
+
+def test_bad_images_error_mode_names_the_file(tmp_path, capsys):
+    data = write_shapes(tmp_path / "d", n=24, seed=0, size=32)
+    bad = _break_images(data / "train", [5])
+    assert main(small_args(tmp_path, "--data", str(data / "train"), "--epochs", "1", "--bad-images", "error",
+                           "--name", "e", "--no-tensorboard", "--val-split", "0.25")) == 2
+    line = _one_line(capsys)
+    assert bad[0] in line and "--bad-images skip" in line, line
+    assert "cannot read" in (tmp_path / "e" / "train.log").read_text()  # the one line is in the log too
+
+
+def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, capsys):
+    data = write_shapes(tmp_path / "d", n=100, seed=0, size=32)
+    bad = _break_images(data / "train", [3, 17, 40, 77])  # 4 of 100: over 1 %, under 5 %
+    args = small_args(tmp_path, "--data", str(data / "train"), "--epochs", "2", "--name", "s", "--no-tensorboard",
+                      "--bad-images-limit", "0.05")
+    assert main(args) == 0
+    listed = [ln.split("\t")[0] for ln in (tmp_path / "s" / "bad_images.txt").read_text().splitlines()]
+    assert sorted(listed) == sorted(bad)
+    log = (tmp_path / "s" / "train.log").read_text()
+    assert "epoch 2: 4 unreadable images replaced so far" in log
+    assert sum(f"unreadable image {b}" in log for b in bad) == 4  # each named once, however many epochs
+    # With the default 1 % limit the same data stops, in one line.
+    assert main(args[:-2] + ["--name", "s2"]) == 2
+    line = _one_line(capsys)
+    assert "images are unreadable, more than --bad-images-limit 0.01" in line and "--check-data" in line, line
+
+
+def test_check_data_reports_bad_files_and_exits_non_zero(tmp_path, capsys):
+    data = write_shapes(tmp_path / "d", n=40, seed=0, size=32)
+    assert main(small_args(tmp_path, "--data", str(data / "train"), "--check-data", "--name", "c")) == 0
+    assert "all 40 images are readable" in capsys.readouterr().out
+    bad = _break_images(data / "train", [1, 2])
+    assert main(small_args(tmp_path, "--data", str(data / "train"), "--check-data", "--name", "c",
+                           "--workers", "2")) == 1
+    assert "2 of 40 images are unreadable" in capsys.readouterr().out
+    listed = [ln.split("\t")[0] for ln in (tmp_path / "c" / "bad_images.txt").read_text().splitlines()]
+    assert sorted(listed) == sorted(bad)
+
+
+NAN_LOSS = '''
+import torch.nn.functional as F
+calls = {"n": 0}
+
+
+def nan_later(logits, target):  # fine for the first epoch (3 batches), NaN from then on
+    calls["n"] += 1
+    loss = F.cross_entropy(logits, target)
+    return loss * float("nan") if calls["n"] > 3 else loss
+'''
+
+
+def test_nan_loss_stops_in_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    (tmp_path / "nanloss.py").write_text(NAN_LOSS)
+    data = write_shapes(tmp_path / "d", n=60, seed=0, size=32)
+    assert main(small_args(tmp_path, "--data", str(data / "train"), "--epochs", "3", "--name", "n",
+                           "--loss", f"{tmp_path / 'nanloss.py'}:nan_later", "--no-tensorboard")) == 2
+    line = _one_line(capsys)
+    assert "epoch 2" in line and "loss is nan" in line and "--lr" in line and "--clip-grad" in line, line
+    last = torch.load(tmp_path / "n" / "last.pt", weights_only=True)
+    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_disk_full_keeps_the_old_checkpoint(tmp_path, capsys, monkeypatch):
+    data = write_shapes(tmp_path / "d", n=48, seed=0, size=32)
+    real_save, calls = torch.save, {"n": 0}
+
+    def save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's last.pt: the disk is full
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert main(small_args(tmp_path, "--data", str(data / "train"), "--epochs", "2", "--name", "f",
+                           "--no-tensorboard")) == 2
+    line = _one_line(capsys)
+    assert "no space left" in line and "last.pt" in line and "MB" in line, line
+    assert torch.load(tmp_path / "f" / "last.pt", weights_only=True)["epoch"] == 1
+    assert not list((tmp_path / "f").glob(".*.tmp"))
+
+
+def test_leftovers_removed_and_best_files_repaired_on_resume(tmp_path):
+    data = write_shapes(tmp_path / "d", n=48, seed=0, size=32)
+    args = small_args(tmp_path, "--data", str(data / "train"), "--name", "r", "--no-tensorboard")
+    assert main(args + ["--epochs", "1"]) == 0
+    run = tmp_path / "r"
+    shutil.copyfile(run / "last.pt", tmp_path / "epoch1.pt")
+    assert main(args + ["--epochs", "2", "--resume", "auto"]) == 0
+    # Simulate a kill between writing last.pt (best epoch 2) and copying it to best.pt.
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["best_epoch"], ckpt["best_metric"] = 2, 100.0
+    torch.save(ckpt, run / "last.pt")
+    shutil.copyfile(tmp_path / "epoch1.pt", run / "best.pt")
+    (run / ".last.pt.k1ll3d.tmp").write_bytes(b"x" * 1000)  # a save the kill interrupted
+    assert main(args + ["--epochs", "2", "--resume", "auto"]) == 0
+    assert not list(run.glob(".*.tmp"))
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 2
+    from safetensors.torch import load_file
+    exported = load_file(run / "model.safetensors")
+    assert all(torch.equal(exported[k], v) for k, v in ckpt["model"].items())
+
+
+def test_a_bug_shows_its_traceback_and_logs_it(tmp_path, capsys, monkeypatch):
+    from kernel.tasks.classify import ClassifyTask
+
+    def broken_row(self, train, val):
+        raise RuntimeError("synthetic bug")
+
+    monkeypatch.setattr(ClassifyTask, "row", broken_row)
+    assert main(small_args(tmp_path, "--dry-run", "--name", "b", "--no-tensorboard")) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "synthetic bug" in err
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert "Traceback" in log and "RuntimeError: synthetic bug" in log
