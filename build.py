@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pack the ``kernel`` bundle for Kaggle: a code dataset and a one-file kernel, validated and pushed.
 
-``python build.py [--config run.yaml] [--out dist] [--owner NAME] [--push]`` writes::
+``python build.py [--config run.yaml] [--out dist] [--owner NAME] [--push [--wait] [--until-done N]]`` writes::
 
     dist/kernel/train.py              one self-contained script: the run config baked in at the top,
                                       every module of kernel/ (and the user modules the config names)
@@ -15,17 +15,20 @@
 Everything is checked before anything is written, with the same rules as the official ``kaggle``
 client plus a few of our own (placeholder owner, local absolute paths, secrets). Each problem is
 one line naming the field, the problem and the fix; the exit status is then 2. Identical inputs
-give byte-identical output. The work is done by :mod:`kernel.packer`; this file only wires it.
+give byte-identical output. ``--wait`` then follows the pushed kernel to its end and downloads its
+outputs to ``outputs/<kernel-slug>/v<N>/`` (exit 1 when it failed); ``--until-done N`` pushes it again
+while a version stops on its time limit. The work is done by :mod:`kernel.packer`; this file only wires it.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from kernel.cli import OneLineParser
-from kernel.packer import BuildError, next_steps, plan, push, write
+from kernel.packer import BuildError, follow, follow_hint, kaggle_runner, next_steps, plan, push, write
 from kernel.registry import ConfigError
 
 __all__ = ["PROJECT", "main"]
@@ -44,8 +47,20 @@ def _parser() -> OneLineParser:
     p.add_argument("--push", action="store_true", help="then upload the dataset and push the kernel with the "
                    "kaggle CLI")
     p.add_argument("-m", "--message", help="dataset version message for --push")
+    p.add_argument("--wait", action="store_true", help="then follow the pushed kernel until it ends, download its "
+                   "outputs to outputs/<kernel-slug>/v<N>/ and print the run summary; exit 1 if it failed or was "
+                   "cancelled (implies --push)")
+    p.add_argument("--until-done", type=_at_least_one, metavar="N", help="while a version stops on its time limit "
+                   "(summary.json \"stopped\": \"time_limit\"), push the same kernel again, up to N versions in all "
+                   "(implies --push --wait)")
     p.add_argument("--no-vendor", action="store_true", help="do not vendor packages into the dataset")
     return p
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of versions of at least 1")
+    return int(text)
 
 
 def _errors(lines: Sequence[str]) -> int:
@@ -54,11 +69,17 @@ def _errors(lines: Sequence[str]) -> int:
     return 2
 
 
-def main(argv: Optional[Sequence[str]] = None, project: Path = PROJECT) -> int:
-    """Build (and optionally push); user errors print one line each and return 2."""
+def main(argv: Optional[Sequence[str]] = None, project: Path = PROJECT, sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.monotonic) -> int:
+    """Build (and optionally push and follow); user errors print one line each and return 2.
+
+    ``sleep`` and ``clock`` pace the waits (tests pass a fake clock that sleeping advances).
+    """
     start = time.perf_counter()
     try:
         args = _parser().parse_args(argv)
+        args.wait = args.wait or args.until_done is not None
+        args.push = args.push or args.wait
         bundle = plan(args.config, project=project, owner=args.owner, vendor=not args.no_vendor)
         write(bundle, args.out, project)
     except BuildError as e:
@@ -77,7 +98,12 @@ def main(argv: Optional[Sequence[str]] = None, project: Path = PROJECT) -> int:
         print("Next steps:\n  " + "\n  ".join(next_steps(bundle, args.out)))
         return 0
     try:
-        return push(bundle, args.out, args.message)
+        version = push(bundle, args.out, args.message, sleep=sleep, clock=clock)
+        if not args.wait:
+            print(follow_hint(bundle))
+            return 0
+        return follow(kaggle_runner(), bundle.kernel_id, args.out / "kernel", version,
+                      max_versions=args.until_done or 1, sleep=sleep, clock=clock)
     except BuildError as e:
         return _errors(e.problems)
 

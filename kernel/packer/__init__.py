@@ -4,15 +4,22 @@
 :mod:`.config` (the run config: options, Kaggle paths, credentials, user modules), :mod:`.script`
 (the one-file kernel: header, bootstrap, embedded sources), :mod:`.bootstrap` (the packed script's
 import hook and entry, copied as text), :mod:`.bundle` (plan everything, then write), :mod:`.push`
-(the kaggle CLI). Standard library and PyYAML only: a build takes a fraction of a second.
+(the kaggle CLI), :mod:`.watch` (following a pushed kernel: status, outputs, the next version after
+a time-limit stop). Standard library and PyYAML only: a build takes a fraction of a second.
 """
 from .bundle import VENDORED, Bundle, plan, read_config, write
 from .metadata import (KNOWN_LICENSES, KNOWN_MACHINE_SHAPES, PLACEHOLDER_OWNER, BuildError, is_secret_name,
                        validate_dataset_metadata, validate_kernel_metadata)
-from .push import have_credentials, kaggle_cli, next_steps, push
+from .push import (KaggleRun, follow_hint, have_credentials, kaggle_cli, kaggle_runner, next_steps, push, push_kernel,
+                   pushed_version)
 from .script import Module, package_modules, py_literal, render_script, sources_sha256
+from .watch import (FINISHED, download_outputs, elapsed_text, find_log, follow, log_lines, main_files, parse_status,
+                    read_summaries, summary_line, version_folder, wait_for_kernel)
 
 __all__ = ["VENDORED", "Bundle", "plan", "read_config", "write", "KNOWN_LICENSES", "KNOWN_MACHINE_SHAPES",
            "PLACEHOLDER_OWNER", "BuildError", "is_secret_name", "validate_dataset_metadata",
-           "validate_kernel_metadata", "have_credentials", "kaggle_cli", "next_steps", "push", "Module",
-           "package_modules", "py_literal", "render_script", "sources_sha256"]
+           "validate_kernel_metadata", "KaggleRun", "follow_hint", "have_credentials", "kaggle_cli", "kaggle_runner",
+           "next_steps", "push", "push_kernel", "pushed_version", "Module", "package_modules", "py_literal",
+           "render_script", "sources_sha256", "FINISHED", "download_outputs", "elapsed_text", "find_log", "follow",
+           "log_lines", "main_files", "parse_status", "read_summaries", "summary_line", "version_folder",
+           "wait_for_kernel"]

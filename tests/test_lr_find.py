@@ -1,0 +1,272 @@
+"""The LR range test: ramp, smoothing, suggestion, and a find_lr that leaves no trace."""
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from kernel.engine import create_optimizer
+from kernel.registry import ConfigError
+from kernel.run.lr_find import find_lr, lr_schedule, plot_lr_find, smooth, suggest_lr
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CPU = torch.device("cpu")
+
+
+# ---------------------------------------------------------------- pure maths
+
+
+def test_lr_schedule_endpoints_and_geometric_spacing():
+    lrs = lr_schedule(1e-4, 1.0, 5)
+    assert lrs.shape == (5,) and lrs.dtype == np.float64
+    assert lrs[0] == 1e-4 and lrs[-1] == 1.0  # exact endpoints
+    np.testing.assert_allclose(lrs, [1e-4, 1e-3, 1e-2, 1e-1, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(lrs[1:] / lrs[:-1], 10.0, rtol=1e-12)  # constant ratio
+    two = lr_schedule(1e-7, 10.0, 2)
+    assert two.tolist() == [1e-7, 10.0]
+
+
+@pytest.mark.parametrize("start,end,steps", [(0.0, 1.0, 10), (-1e-3, 1.0, 10), (1.0, 1.0, 10), (1e-3, 1e-4, 10),
+                                             (1e-7, math.inf, 10), (1e-7, 10.0, 1), (1e-7, 10.0, 2.5)])
+def test_lr_schedule_refuses_bad_ramps_in_one_line(start, end, steps):
+    with pytest.raises(ConfigError) as e:
+        lr_schedule(start, end, steps)
+    assert "\n" not in str(e.value) and "lr_find" in str(e.value)
+
+
+def test_smooth_matches_a_hand_worked_example():
+    # beta 0.5: avg = .5, 1.25, 2.125; bias terms 1 - .5**k = .5, .75, .875 -> 1, 5/3, 17/7
+    np.testing.assert_allclose(smooth([1.0, 2.0, 3.0], beta=0.5), [1.0, 5 / 3, 17 / 7], rtol=1e-12)
+    np.testing.assert_allclose(smooth([4.0, 1.0, 7.0], beta=0.0), [4.0, 1.0, 7.0])  # no memory: the losses
+    np.testing.assert_allclose(smooth([3.0] * 20, beta=0.98), 3.0, rtol=1e-12)  # bias correction: no pull to 0
+    with pytest.raises(ConfigError):
+        smooth([1.0], beta=1.0)
+
+
+def _sigmoid_drop(x0: float = -3.0, width: float = 0.3, n: int = 100):
+    """Loss 2 - 1.5 * sigmoid((log10 lr - x0) / width) plus a divergence far right; steepest at log10 lr = x0."""
+    lrs = np.geomspace(1e-6, 1.0, n)
+    x = np.log10(lrs)
+    loss = 2.0 - 1.5 / (1.0 + np.exp(-(x - x0) / width)) + 0.01 * np.exp(6.0 * (x + 0.5))
+    return lrs, loss
+
+
+def test_suggestion_lands_on_the_steepest_point_of_a_sigmoid_drop():
+    lrs, loss = _sigmoid_drop(x0=-3.0)  # -3 lies halfway between two grid points (step 6/99 decades)
+    s = suggest_lr(lrs, loss)
+    assert abs(math.log10(s) - (-3.0)) <= 6 / 99 / 2 + 1e-9  # the nearest grid point to the true steepest LR
+    lrs, loss = _sigmoid_drop(x0=-4.2)
+    assert abs(math.log10(suggest_lr(lrs, loss)) - (-4.2)) <= 6 / 99 / 2 + 1e-9
+    assert lrs[0] <= s <= lrs[-1]
+
+
+def test_suggestion_ignores_points_after_the_minimum_and_the_first_ones():
+    lrs = np.geomspace(1e-5, 1.0, 60)
+    loss = np.r_[np.linspace(2.0, 1.0, 31),  # a gentle fall to the minimum at index 30 (-1/30 per point),
+                 np.linspace(1.0, 3.0, 16)[1:],  # a rise,
+                 np.linspace(3.0, 1.2, 11)[1:], np.full(4, 1.2)]  # a steep fall (-0.18 per point) above the minimum
+    slope = np.gradient(loss, np.log10(lrs))
+    assert loss.size == 60 and int(np.argmin(loss)) == 30 and loss[31:].min() > loss[30]
+    assert slope[46:55].min() < 3 * slope[10:30].min()  # the steepest point of the window [10, 55) is past the minimum
+    assert lrs[10] <= suggest_lr(lrs, loss) <= lrs[30]
+    early = np.linspace(2.0, 1.0, 60)
+    early[:5] = [9.0, 6.0, 3.0, 2.1, 2.05]  # the steepest drop is in the skipped start
+    assert suggest_lr(lrs, early) >= lrs[10]
+
+
+def test_suggestion_fallbacks_are_hand_checked():
+    lrs = np.geomspace(1e-3, 1e4, 8)  # one decade apart
+    rising = np.linspace(1.0, 2.0, 8)  # the minimum is the first point: no candidate -> lrs[0]/10 clipped
+    assert suggest_lr(lrs, rising) == lrs[0]
+    short = np.array([5.0, 4.0, 3.0, 2.0, 1.5, 1.0, 3.0, 9.0])  # 8 points < skip_start: lrs[5] / 10 = lrs[4]
+    assert suggest_lr(lrs, short) == pytest.approx(lrs[4], rel=1e-12)
+    assert suggest_lr(lrs, np.full(8, np.nan)) == lrs[0]
+    with_nan = np.r_[np.linspace(3.0, 1.0, 39), np.nan]  # diverged on the last step
+    s = suggest_lr(np.geomspace(1e-6, 1.0, 40), with_nan)
+    assert math.isfinite(s) and 1e-6 <= s <= 1.0
+
+
+# ---------------------------------------------------------------- find_lr on a tiny model
+
+
+def _data(n: int = 64, seed: int = 0):
+    """16 px random images; the label is whether the image is brighter than the median (learnable)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 16, 16, generator=g) + torch.linspace(-0.5, 0.5, n)[torch.randperm(n, generator=g)].view(
+        n, 1, 1, 1)
+    y = (x.mean(dim=(1, 2, 3)) > x.mean(dim=(1, 2, 3)).median()).long()
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Dropout(0.1), nn.Linear(8, 2))
+
+
+def _loader(batch_size: int = 16) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(_data(), batch_size=batch_size, shuffle=True)  # shuffling draws torch's RNG
+
+
+def _two_group_sgd(model: nn.Sequential, lr: float = 0.01, backbone_mult: float = 0.1) -> torch.optim.Optimizer:
+    groups = [{"params": list(model[:2].parameters()), "lr_mult": backbone_mult},
+              {"params": list(model[-1].parameters()), "lr_mult": 1.0}]
+    return create_optimizer("sgd", groups, lr, 0.9)
+
+
+class _Spy:
+    """A cross-entropy loss that records, per step, the groups' LRs, the train flag and whether weights moved."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, fail_at: int = -1):
+        self.model, self.optimizer, self.fail_at = model, optimizer, fail_at
+        self.start = copy.deepcopy(model.state_dict())
+        self.lrs, self.training, self.moved = [], [], False
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if len(self.lrs) == self.fail_at:
+            raise RuntimeError("boom")
+        self.lrs.append([float(g["lr"]) for g in self.optimizer.param_groups])
+        self.training.append(self.model.training)
+        now = self.model.state_dict()
+        self.moved = self.moved or any(not torch.equal(now[k], v) for k, v in self.start.items())
+        return nn.functional.cross_entropy(logits, targets)
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer):
+    return (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), torch.get_rng_state(),
+            np.random.get_state()[1].copy(), random.getstate())
+
+
+def _assert_same(before, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    sd, opt, rng, np_keys, py = before
+    now = model.state_dict()
+    assert now.keys() == sd.keys()
+    for k, v in sd.items():  # BatchNorm's running stats and num_batches_tracked included
+        assert torch.equal(now[k], v), k
+    opt_now = optimizer.state_dict()
+    assert [{k: v for k, v in g.items()} for g in opt_now["param_groups"]] == opt["param_groups"]
+    assert opt_now["state"].keys() == opt["state"].keys()
+    for i, s in opt["state"].items():
+        assert torch.equal(opt_now["state"][i]["momentum_buffer"], s["momentum_buffer"])
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert np.array_equal(np.random.get_state()[1], np_keys) and random.getstate() == py
+
+
+def test_find_lr_suggests_inside_the_ramp_and_restores_everything():
+    model = _model()
+    opt = _two_group_sgd(model)
+    loader = _loader()
+    # One real step first, so the optimizer has momentum state that must come back unchanged.
+    x, y = next(iter(loader))
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    model.eval()  # find_lr trains in train mode and hands the model back in eval mode
+    before = _state(model, opt)
+    spy = _Spy(model, opt)
+    res = find_lr(model, loader, spy, opt, device=CPU, start_lr=1e-5, end_lr=1.0, steps=40)
+    assert res["steps"] == 40 == len(res["lrs"]) == len(res["losses"]) == len(res["smoothed"])  # 4 batches, cycled
+    assert not res["stopped_early"]
+    np.testing.assert_allclose(res["lrs"], lr_schedule(1e-5, 1.0, 40))
+    np.testing.assert_allclose(res["smoothed"], smooth(res["losses"], 0.98))
+    assert math.isfinite(res["suggestion"]) and 1e-5 <= res["suggestion"] <= 1.0
+    assert res["suggestion"] == suggest_lr(res["lrs"], res["smoothed"])
+    # During the ramp: train mode, the weights moved, the head got the ramp and the backbone 0.1 x it.
+    assert all(spy.training) and spy.moved
+    seen = np.array(spy.lrs)
+    np.testing.assert_allclose(seen[:, 1], res["lrs"], rtol=1e-12)
+    np.testing.assert_allclose(seen[:, 0] / seen[:, 1], 0.1, rtol=1e-12)
+    # Afterwards: weights, BN statistics, optimizer state and LRs, RNGs, modes, gradients as before.
+    _assert_same(before, model, opt)
+    assert not model.training and not any(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("diverged", [False, True])
+def test_plot_lr_find_writes_a_png(tmp_path, diverged):
+    lrs, loss = _sigmoid_drop()
+    if diverged:
+        loss = np.r_[loss[:80], np.inf]  # the step that stopped the ramp
+        lrs = lrs[:81]
+    res = {"lrs": lrs, "losses": loss, "smoothed": smooth(loss, 0.98), "suggestion": suggest_lr(lrs, smooth(loss)),
+           "stopped_early": diverged, "steps": lrs.size}
+    path = plot_lr_find(res, tmp_path / "lr_find.png")
+    data = (tmp_path / "lr_find.png").read_bytes()
+    assert path == str(tmp_path / "lr_find.png") and data[:8] == PNG_SIGNATURE and len(data) > 10_000
+    with Image.open(tmp_path / "lr_find.png") as im:
+        assert im.size == (700, 450)  # new_figure(7, 4.5) at save_figure's 100 dpi
+        im.load()  # decodes: not a truncated file
+
+
+def test_find_lr_keeps_the_ratio_of_groups_without_lr_mult():
+    model = _model()
+    opt = torch.optim.Adam([{"params": list(model[:2].parameters()), "lr": 3e-4},
+                            {"params": list(model[-1].parameters()), "lr": 3e-3}])
+    gen = torch.Generator().manual_seed(3)  # a loader with its own shuffling generator: put back too
+    loader = torch.utils.data.DataLoader(_data(), batch_size=16, shuffle=True, generator=gen)
+    gen_state = gen.get_state()
+    before = _state(model, opt)
+    spy = _Spy(model, opt)
+    res = find_lr(model, loader, spy, opt, device=CPU, start_lr=1e-6, end_lr=1e-2, steps=12)
+    assert torch.equal(gen.get_state(), gen_state)
+    seen = np.array(spy.lrs)
+    np.testing.assert_allclose(seen[:, 0], res["lrs"], rtol=1e-12)  # the first group carries the ramp
+    np.testing.assert_allclose(seen[:, 1] / seen[:, 0], 10.0, rtol=1e-12)
+    sd, _, rng, _, _ = before
+    assert [g["lr"] for g in opt.param_groups] == [3e-4, 3e-3] and len(opt.state) == 0  # Adam state gone again
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items()) and torch.equal(torch.get_rng_state(), rng)
+
+
+def test_find_lr_stops_early_when_the_loss_diverges():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = _state(model, opt)
+    res = find_lr(model, _loader(), nn.CrossEntropyLoss(), opt, device=CPU, start_lr=1e-3, end_lr=1e6, steps=80,
+                  beta=0.5)
+    assert res["stopped_early"] and res["steps"] < 80
+    sm = res["smoothed"]
+    best = sm[:-1].min()
+    assert not math.isfinite(sm[-1]) or sm[-1] > 4.0 * best  # the step that stopped it diverged ...
+    assert np.all(sm[:-1] <= 4.0 * np.minimum.accumulate(sm[:-1]))  # ... and none before it did
+    assert math.isfinite(res["suggestion"]) and 1e-3 <= res["suggestion"] <= 1e6
+    _assert_same(before, model, opt)
+
+
+def test_find_lr_restores_on_an_exception_and_the_scaler():
+    model = _model()
+    opt = _two_group_sgd(model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1)  # the scale grows every step
+    scale_before = copy.deepcopy(scaler.state_dict())
+    model.train()
+    before = _state(model, opt)
+    spy = _Spy(model, opt, fail_at=6)
+    with pytest.raises(RuntimeError, match="boom"):
+        find_lr(model, _loader(), spy, opt, device=CPU, steps=30, scaler=scaler)
+    assert len(spy.lrs) == 6 and spy.moved
+    _assert_same(before, model, opt)
+    assert scaler.state_dict() == scale_before and model.training
+    res = find_lr(model, _loader(), nn.CrossEntropyLoss(), opt, device=CPU, start_lr=1e-4, end_lr=1e-1, steps=8,
+                  scaler=scaler, clip_grad=1.0)
+    assert res["steps"] == 8 and np.isfinite(res["losses"]).all()
+    assert scaler.state_dict() == scale_before
+    _assert_same(before, model, opt)
+
+
+def test_find_lr_refuses_bad_settings_before_touching_anything():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for kwargs in (dict(diverge=1.0), dict(beta=1.5), dict(steps=1)):
+        with pytest.raises(ConfigError):
+            find_lr(model, _loader(), nn.CrossEntropyLoss(), opt, device=CPU, **kwargs)
+    empty = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 3, 16, 16),
+                                                                       torch.zeros(0, dtype=torch.long)), batch_size=4)
+    sd = copy.deepcopy(model.state_dict())
+    with pytest.raises(ConfigError, match="no batch"):
+        find_lr(model, empty, nn.CrossEntropyLoss(), opt, device=CPU, steps=5)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
