@@ -84,8 +84,9 @@ def parser_from_dataclass(cls: type, prog: str, description: str, groups: Sequen
         if f.type in ("bool", bool, "Optional[bool]"):
             grp.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
         else:
+            extra = {"nargs": m["nargs"]} if m.get("nargs") else {}
             grp.add_argument(*flags, dest=f.name, type=_type(f), choices=field_choices(f), help=help_,
-                             metavar=m.get("metavar"), required=m.get("required", False))
+                             metavar=m.get("metavar"), required=m.get("required", False), **extra)
     return p
 
 

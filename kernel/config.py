@@ -13,13 +13,13 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .cli import field_choices, parser_from_dataclass
 from .options import ONE_SHOTS, Options, PredictOptions
 from .registry import ConfigError, did_you_mean
 
-__all__ = ["build_parser", "parse_options", "load_config_file", "check_values", "save_config", "options_to_dict",
+__all__ = ["build_parser", "parse_options", "parse_img_size", "load_config_file", "check_values", "save_config", "options_to_dict",
            "check_predict_spec", "check_predict_ranges"]
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Options)}
@@ -106,16 +106,36 @@ def check_values(values: Dict[str, Any], source: str, choices: bool = True) -> D
     return out
 
 
+def parse_img_size(value: Any) -> Any:
+    """``--img-size``: 0 (the model's), S, or H W: from flags (strings), YAML (int, list) or ``"HxW"``.
+
+    Returns an int (square, or 0) or an [H, W] list; anything else is a one-line ConfigError.
+    """
+    items = value if isinstance(value, (list, tuple)) else [value]
+    parts: List[Any] = []
+    for item in items:
+        parts += str(item).lower().replace("x", " ").split() if isinstance(item, str) else [item]
+    try:
+        sizes = [int(p) for p in parts if not isinstance(p, bool)]
+    except (TypeError, ValueError):
+        sizes = []
+    if len(sizes) != len(parts) or len(sizes) not in (1, 2) or any(v < 0 for v in sizes):
+        raise ConfigError(f"--img-size {value!r}: give one size S (e.g. 224) or height and width (256 512, or "
+                          "256x512)")
+    return sizes[0] if len(sizes) == 1 or sizes[0] == sizes[1] else sizes
+
+
 def _check_ranges(o: Options) -> None:
     for name in ("epochs", "batch_size", "accum_steps", "in_chans"):
         if getattr(o, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(o, name)}")
-    for name in ("workers", "warmup_epochs", "warmup_steps", "early_stop", "unfreeze_at", "show_aug", "img_size",
-                 "plot_every"):
+    for name in ("workers", "warmup_epochs", "warmup_steps", "early_stop", "unfreeze_at", "show_aug", "plot_every"):
         if getattr(o, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(o, name)}")
     if not 0.0 <= o.val_split < 1.0:
         raise ConfigError(f"--val-split must be in [0, 1), got {o.val_split}")
+    if not 0.0 < o.threshold < 1.0:
+        raise ConfigError(f"--threshold must be a probability in (0, 1), got {o.threshold}")
     if not 0.0 <= o.bad_images_limit <= 1.0:
         raise ConfigError(f"--bad-images-limit must be a fraction in [0, 1], got {o.bad_images_limit}")
     if o.lr <= 0:
@@ -136,6 +156,7 @@ def parse_options(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str
         values.update(check_values(load_config_file(config), f"--config {config}"))
     values.update(flags)
     opts = Options(**values)
+    opts.img_size = parse_img_size(opts.img_size)
     _check_ranges(opts)
     if opts.predict not in (None, False):  # a typo in the predict: section must fail now, not after training
         check_predict_spec(opts.predict)

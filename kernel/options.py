@@ -44,7 +44,17 @@ def _choices_bad_images() -> List[str]:
 
 def _choices_task() -> List[str]:
     from .tasks import TASKS
-    return TASKS.names()
+    return ["auto", *TASKS.names()]
+
+
+def _choices_arch() -> List[str]:
+    from .models.segmentation import SEG_ARCHS
+    return SEG_ARCHS.names()
+
+
+def _choices_seg_mode() -> List[str]:
+    from .tasks.segment.data import MODES
+    return list(MODES)
 
 
 def _choices_monitor() -> List[str]:
@@ -83,7 +93,8 @@ class Options:
     check_data: bool = _opt(False, "read every training and validation image once, write bad_images.txt, then exit "
                                    "(non-zero when any is unreadable)")
     # data
-    task: str = _opt("classify", "what to learn: classify (one label per image)", "data", choices=_choices_task)
+    task: str = _opt("auto", "what to learn: classify (labels per image), segment (a class per pixel); auto: "
+                             "segment when the data has masks", "data", choices=_choices_task)
     data: str = _opt("shapes", "ImageFolder train dir, a CSV root with --csv, or 'shapes' (built-in)", "data")
     val_data: str = _opt("", "validation ImageFolder dir (default: split off --val-split)", "data")
     val_split: float = _opt(0.2, "fraction held out for validation when --val-data is not given", "data")
@@ -91,7 +102,15 @@ class Options:
     image_dir: str = _opt("", "folder of the CSV's images, relative to --data", "data")
     image_col: str = _opt("", "CSV column of image ids (default: first column)", "data")
     label_col: str = _opt("", "CSV column of labels, space-separated for multi-label (default: second)", "data")
-    img_size: int = _opt(0, "input size (default: the model's pretrained config)", "data")
+    img_size: Any = _opt(0, "input size S, or H W (HxW) for segmentation (default: the model's config; 256 for "
+                            "segmentation)", "data", nargs="+", metavar="SIZE")
+    seg_mode: str = _opt("auto", "segmentation masks: binary, multiclass (a class per pixel) or multilabel "
+                                 "(overlapping classes); auto: from the data", "data", choices=_choices_seg_mode)
+    ignore_index: int = _opt(255, "mask value of void pixels, left out of losses and metrics (-1: none)", "data")
+    rle_col: str = _opt("", "RLE column of a segmentation CSV (default: EncodedPixels, rle_mask or rle)", "data")
+    class_col: str = _opt("", "class column of an RLE CSV with a row per image and class (e.g. ClassId)", "data")
+    rle_order: str = _opt("F", "RLE pixel order: F (column-major, Kaggle's usual) or C (row-major)", "data",
+                          choices=("F", "C"))
     bad_images: str = _opt("skip", "an unreadable image: skip (replace it, log it in bad_images.txt) or error (stop)",
                            "data", choices=_choices_bad_images)
     bad_images_limit: float = _opt(0.01, "stop when more than this fraction of the images is unreadable", "data")
@@ -100,7 +119,10 @@ class Options:
     aug_backend: str = _opt("auto", "augmentation library (auto prefers imgaug when installed)", "data",
                             choices=_choices_aug_backend)
     # model
-    model: str = _opt("resnet18", "timm name (resnet34, convnext_tiny, ...) or tv:NAME for torchvision", "model")
+    model: str = _opt("resnet18", "timm name (resnet34, convnext_tiny, ...) or tv:NAME for torchvision; for "
+                                  "segmentation the encoder (smp or timm name)", "model")
+    arch: str = _opt("unet", "segmentation decoder (smp): unet, fpn, deeplabv3plus, ...", "model",
+                     choices=_choices_arch)
     pretrained: str = _opt("none", "weights: a .pth/.pt/.safetensors file, local-dir:PATH, 'hub' or 'none'", "model")
     in_chans: int = _opt(3, "input channels (the first convolution adapts)", "model")
     freeze: str = _opt("none", "train only the head with 'backbone'", "model", choices=("none", "backbone"))
@@ -135,6 +157,10 @@ class Options:
     monitor: str = _opt("auto", "metric that picks best.pt and drives plateau/early stopping (auto: the task's)",
                         "optimization", choices=_choices_monitor)
     early_stop: int = _opt(0, "stop after this many epochs without improvement (0: off)", "optimization")
+    threshold: float = _opt(0.5, "segmentation (binary, multilabel): probability above which a pixel is a class",
+                            "optimization")
+    seg_include_background: bool = _opt(False, "segmentation: count the background class in mIoU and Dice",
+                                        "optimization")
     # config-file only
     predict: Any = _opt(None, "prediction to run after training (config file only)", cli=False)
 
@@ -150,9 +176,12 @@ class PredictOptions:
     inputs: List[str] = _opt(None, "image files, folders, or a CSV of image ids", positional=True)
     checkpoint: str = _opt("", "RUN/best.pt, RUN/model.safetensors, or the RUN folder", required=True,
                            show_default=False)
-    out: str = _opt("predictions.csv", "predictions CSV")
+    out: str = _opt("", "output: the predictions CSV (classify: predictions.csv) or the masks folder (segment: masks)")
     topk: int = _opt(5, "labels per image in the predictions CSV")
-    tta: bool = _opt(False, "average with the horizontally flipped image")
+    tta: bool = _opt(False, "average with the horizontally flipped image (segmentation: flipped logits flipped back)")
+    threshold: Optional[float] = _opt(None, "segmentation (binary, multilabel): pixel probability threshold "
+                                            "(default: the training run's)")
+    min_area: int = _opt(0, "segmentation: drop predicted regions smaller than this many pixels per class")
     batch_size: int = _opt(64, "images per batch")
     device: str = _opt("auto", "compute device", choices=DEVICES)
     amp: bool = _opt(False, "mixed precision (bf16/fp16 autocast)")
@@ -162,5 +191,6 @@ class PredictOptions:
     submission: bool = _opt(False, "also write a Kaggle submission.csv beside --out (in a config: true or a file name)")
     submission_file: str = _opt("", "write the submission to this file (implies a submission)")
     id_col: str = _opt("", "submission id column (default: the training --image-col, or 'id')")
-    target_col: str = _opt("", "submission target column (default: the training --label-col, or 'label')")
+    target_col: str = _opt("", "submission target column (default: the training --label-col, or 'label'; "
+                               "segmentation: rle_mask, or EncodedPixels with classes)")
     sample_submission: str = _opt("", "CSV whose header and id order the submission copies (implies a submission)")

@@ -90,21 +90,23 @@ def load_for_prediction(checkpoint: str, device: torch.device) -> Trained:
         raise ConfigError(f"--checkpoint: weights do not fit model {opts.model!r} with {len(split.classes)} classes "
                           f"({str(e).splitlines()[0]})") from None
     dcfg = task.data_config(model, opts)
-    log.info("checkpoint %s: %s %s, %d classes, input %dpx", path, task.name, opts.model, len(split.classes),
+    log.info("checkpoint %s: %s %s, %d classes, input %s px", path, task.name, opts.model, len(split.classes),
              dcfg["img_size"])
     return Trained(model.to(device).eval(), task, split.classes, split.meta, dataclasses.asdict(opts),
                    task.transform(opts, dcfg, train=False), opts.in_chans)
 
 
-def _submission_path(popts: Dict[str, Any], folder: Path) -> Optional[str]:
-    """Where the submission goes: ``submission_file``, a file named by ``submission``, or beside ``out``."""
+def _submission_path(popts: Dict[str, Any], folder: Path, task: Task) -> Optional[str]:
+    """Where the submission goes: ``submission_file``, a file named by ``submission``, or ``submission.csv``
+    beside ``out`` (a file) or in it (a folder of masks)."""
     sub = popts["submission"]
     if popts["submission_file"]:
         return str(folder / popts["submission_file"])
     if isinstance(sub, str) and sub:
         return str(folder / sub)
     if sub is True or popts["sample_submission"]:
-        return str(Path(popts["out"]).with_name("submission.csv"))
+        out = Path(popts["out"])
+        return str((out if task.out_is_folder else out.parent) / "submission.csv")
     return None
 
 
@@ -126,7 +128,10 @@ def _predict(popts: Dict[str, Any]) -> Dict[str, Any]:
     device = resolve_device(popts["device"])
     trained = load_for_prediction(popts["checkpoint"], device)
     items = collect_inputs(popts["inputs"], image_dir=popts["image_dir"], image_col=popts["image_col"])
-    popts = dict(popts, submission=_submission_path(popts, Path(".")))
+    popts = dict(popts, out=popts["out"] or trained.task.default_out)
+    popts["submission"] = _submission_path(popts, Path("."), trained.task)
+    if popts["threshold"] is None:  # the training run's
+        popts["threshold"] = trained.options["threshold"]
     return trained.task.predict(trained, items, popts, device)
 
 
@@ -145,8 +150,9 @@ def predict_after_training(given: Dict[str, Any], run_dir: str | os.PathLike, op
     run_dir = Path(run_dir)
     popts = {**_DEFAULTS, **{k: getattr(opts, k) for k in _FROM_TRAINING}, **given,
              "checkpoint": str(run_dir / "best.pt")}
-    popts["out"] = str(run_dir / popts["out"])
-    sub = _submission_path(popts, run_dir)
+    task = get_task(opts.task)
+    popts["out"] = str(run_dir / (popts["out"] or task.default_out))
+    sub = _submission_path(popts, run_dir, task)
     popts["submission"], popts["submission_file"] = (sub or False), ""
     return _predict(popts)
 

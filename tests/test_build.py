@@ -13,6 +13,7 @@ it allows there and fails on anything else.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -26,8 +27,10 @@ from io import BytesIO
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 import build
 from kernel import packer
@@ -252,7 +255,7 @@ def test_official_client_accepts_the_dataset(project, tmp_path, kaggle_api):
 # ------------------------------------------------------- 2-3. the packed kernel on Kaggle and Colab
 
 SITECUSTOMIZE = r'''
-"""Test harness: no network, and the site-packages imgaug hidden (as on Kaggle's image)."""
+"""Test harness: no network, and the site-packages copies of $TEST_HIDE's packages hidden (as on Kaggle's image)."""
 import atexit, importlib.machinery, os, site, socket, sys
 
 def _blocked(*args, **kwargs):
@@ -266,12 +269,15 @@ socket.getaddrinfo = _blocked
 _SITE = {os.path.realpath(p) for p in site.getsitepackages() + [site.getusersitepackages()]}
 
 
-class _HideSiteImgaug:
-    """Find top-level imgaug on sys.path minus site-packages; everything else as usual."""
+_HIDDEN = [n for n in os.environ.get("TEST_HIDE", "").split(",") if n]
+
+
+class _HideSitePackages:
+    """Find the hidden top-level packages on sys.path minus site-packages; everything else as usual."""
 
     @classmethod
     def find_spec(cls, name, path=None, target=None):
-        if name == "imgaug" and path is None:
+        if name in _HIDDEN and path is None:
             path = [p for p in sys.path if os.path.realpath(p or ".") not in _SITE]
         return importlib.machinery.PathFinder.find_spec(name, path, target)
 
@@ -284,14 +290,15 @@ class _HideSiteImgaug:
         return importlib.machinery.PathFinder.find_distributions(*args, **kwargs)
 
 
-if os.environ.get("TEST_HIDE_IMGAUG") == "1":
-    sys.meta_path[:] = [_HideSiteImgaug if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+if _HIDDEN:
+    sys.meta_path[:] = [_HideSitePackages if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 
 
 @atexit.register
 def _report():
-    mod = sys.modules.get("imgaug")
-    sys.stderr.write("IMGAUG_FILE=%s\n" % (getattr(mod, "__file__", None),))
+    for name in ("imgaug", "segmentation_models_pytorch"):
+        mod = sys.modules.get(name)
+        sys.stderr.write("%s_FILE=%s\n" % (name.upper(), getattr(mod, "__file__", None)))
 '''
 
 
@@ -332,7 +339,7 @@ def test_kaggle_run(packed, tmp_path, layout):
     shutil.copy(packed / "kernel" / "train.py", src / "script.py")  # Kaggle runs /kaggle/src/script.py
     before = digest(inputs)
     env = _isolated_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", COLAB_RELEASE_TAG="also-set-on-kaggle",
-                        KERNEL_KAGGLE_INPUT=str(inputs), KERNEL_KAGGLE_WORKING=str(working), TEST_HIDE_IMGAUG="1")
+                        KERNEL_KAGGLE_INPUT=str(inputs), KERNEL_KAGGLE_WORKING=str(working), TEST_HIDE="imgaug")
     proc = subprocess.run([sys.executable, str(src / "script.py")], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
     log = proc.stdout + proc.stderr
@@ -354,6 +361,50 @@ def test_kaggle_run(packed, tmp_path, layout):
     assert not list((tmp_path / "torch-home").iterdir())
     home = [p.relative_to(tmp_path / "home").as_posix() for p in (tmp_path / "home").rglob("*") if p.is_file()]
     assert not [p for p in home if not ALLOWED_IN_HOME.match(p)], home
+
+
+SEG_CONFIG = {"data": "shapes-seg/train", "model": "tu-test_resnet", "img_size": 32, "epochs": 1, "dry_run": True,
+              "device": "cpu", "workers": 0, "batch_size": 8, "aug_backend": "imgaug", "name": "seg",
+              "predict": {"inputs": ["shapes-seg/test"], "submission": True}}
+
+
+def test_kaggle_segmentation_run_with_vendored_smp_and_imgaug(tmp_path):
+    from kernel.tasks.segment.data import write_shapes_seg
+    from kernel.tasks.segment.rle import rle_decode
+
+    proj = make_project(tmp_path / "proj")
+    dist = build_into(proj, proj / "dist", SEG_CONFIG)
+    inputs, working, src = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working", tmp_path / "kaggle" / "src"
+    code_ds, data_ds = inputs / "datasets" / OWNER / "kernel-code", inputs / "datasets" / OWNER / "shapes-seg"
+    shutil.copytree(dist / "dataset", code_ds, ignore=shutil.ignore_patterns("dataset-metadata.json"))
+    write_shapes_seg(data_ds / "train", n=24, seed=0, size=32)
+    (data_ds / "test").mkdir(parents=True)
+    for i, (w, h) in enumerate([(45, 70), (37, 29)]):  # not square, not multiples of 32
+        Image.new("RGB", (w, h), (20 * i, 90, 160)).save(data_ds / "test" / f"t{i}.png")
+    for d in (working, src):
+        d.mkdir(parents=True)
+    shutil.copy(dist / "kernel" / "train.py", src / "script.py")
+    env = _isolated_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(inputs),
+                        KERNEL_KAGGLE_WORKING=str(working), TEST_HIDE="imgaug,segmentation_models_pytorch")
+    proc = subprocess.run([sys.executable, str(src / "script.py")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    vendor = code_ds / "vendor"
+    assert f"SEGMENTATION_MODELS_PYTORCH_FILE={vendor / 'segmentation_models_pytorch' / '__init__.py'}" in log
+    assert f"IMGAUG_FILE={vendor / 'imgaug' / '__init__.py'}" in log
+    run = working / "seg"
+    assert yaml.safe_load((run / "config.yaml").read_text())["task"] == "segment"  # auto: the data has masks
+    masks = run / "masks"
+    with Image.open(masks / "t0.png") as m0, Image.open(masks / "t1.png") as m1:
+        assert m0.size == (45, 70) and m1.size == (37, 29) and m0.mode == "P"
+        arrays = {"t0": np.asarray(m0), "t1": np.asarray(m1)}
+    rows = list(csv.reader(open(masks / "submission.csv")))
+    assert rows[0] == ["ImageId", "ClassId", "EncodedPixels"] and len(rows) == 1 + 2 * 4
+    classes = ["background", "circle", "square", "triangle", "cross"]
+    for ident, cls, rle in rows[1:]:  # our submission decodes to our masks
+        want = (arrays[ident] == classes.index(cls)).astype(np.uint8)
+        assert np.array_equal(rle_decode(rle, want.shape), want), (ident, cls)
 
 
 def test_colab_run(packed, tmp_path):
@@ -429,7 +480,8 @@ def test_packed_script_layout_and_size(packed):
     assert meta["code_file"] == "train.py" and meta["kernel_type"] == "script" and meta["language"] == "python"
     names = set(tree(packed / "dataset"))
     assert {"README.md", "dataset-metadata.json", "kernel/__init__.py", "vendor/imgaug/__init__.py",
-            "vendor/imgaug/DejaVuSans.ttf", "vendor/imgaug/LICENSE"} <= names
+            "vendor/imgaug/DejaVuSans.ttf", "vendor/imgaug/LICENSE", "vendor/segmentation_models_pytorch/__init__.py",
+            "vendor/segmentation_models_pytorch/LICENSE"} <= names
     assert not [n for n in names if "my_losses" in n or "__pycache__" in n or n.endswith(".pyc")]
 
 

@@ -37,3 +37,31 @@ def test_readme_layout_table_matches_the_tree():
     assert named == tree, (sorted(named - tree), sorted(tree - named))
     for path in re.findall(r"\| `([\w./-]+)`", table):  # every other path the table names exists
         assert (ROOT / path).exists(), path
+
+
+def _commands(prog: str) -> list:
+    """Every `python -m <prog> ...` command of the README, continuation lines joined, comments dropped."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.split("  #")[0].strip()
+        if line.startswith(f"python -m {prog} ") or line.startswith(f"!python -m {prog} "):
+            out.append(shlex.split(line.split(f"-m {prog}", 1)[1]))
+    return out
+
+
+def test_readme_train_and_predict_commands_parse(tmp_path, monkeypatch):
+    """Every training and prediction command the README shows is accepted by the option parsers."""
+    from kernel.config import parse_options
+    from kernel.predict import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("epochs: 1\n")  # the README's --config example names run.yaml
+    train, predict = _commands("kernel.train"), _commands("kernel.predict")
+    assert len(train) >= 8 and len(predict) >= 4
+    for argv in train:
+        parse_options(argv)
+    for argv in predict:
+        build_parser().parse_args(argv)

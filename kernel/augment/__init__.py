@@ -21,7 +21,7 @@ from __future__ import annotations
 import numbers
 import random
 import sys
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from .grid import save_aug_grid
 from .ops import IMGAUG_OPS, TORCHVISION_OPS, check_names, op_names
 from .pipeline import INTERP, AugmentTransform, augment_batch, smoke_test
 from .presets import BACKENDS, PRESETS, preset_ops
+from ..data.images import DEFAULT_DATA_CONFIG
 from ..registry import ConfigError, Registry
 
 __all__ = ["PRESETS", "BACKENDS", "build_transform", "preset_ops", "AugmentTransform", "augment_batch",
@@ -101,26 +102,33 @@ def _cv2_sequential() -> None:
         cv2.setNumThreads(0)
 
 
-def build_transform(preset_or_ops: Any, *, train: bool, backend: str = "auto", img_size: int,
-                    mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear",
-                    crop_pct: float = 0.875, in_chans: int = 3) -> AugmentTransform:
-    """Build the (image, mask) -> (tensor (C, S, S), mask (S, S) | None) pipeline; see the module doc.
+def build_transform(preset_or_ops: Any, *, train: bool, backend: str = "auto", img_size: Any,
+                    mean: Sequence[float], std: Sequence[float], interpolation: Optional[str] = None,
+                    crop_pct: Optional[float] = None, in_chans: int = 3, fit: str = "crop") -> AugmentTransform:
+    """Build the (image, mask) -> (tensor (C, H, W), mask (H, W) | None) pipeline; see the module doc.
 
     ``preset_or_ops``: a name in :data:`PRESETS` or a YAML-style op list (see :mod:`kernel.augment.ops`).
-    ``train=False`` ignores it: resize + center crop + normalize only. Config problems raise
+    ``train=False`` ignores it: resize + center crop + normalize only. ``fit="resize"`` (segmentation)
+    resizes the whole image to ``img_size`` = (H, W) instead of cropping. ``interpolation`` and
+    ``crop_pct`` default to :data:`kernel.data.DEFAULT_DATA_CONFIG`'s. Config problems raise
     ConfigError here (the pipeline is smoke-tested once), not later inside a DataLoader worker.
     """
     _cv2_sequential()
+    interpolation = DEFAULT_DATA_CONFIG["interpolation"] if interpolation is None else interpolation
+    crop_pct = DEFAULT_DATA_CONFIG["crop_pct"] if crop_pct is None else crop_pct
     interpolation = str(interpolation).lower()
     if interpolation not in INTERP:
         raise ConfigError(f"interpolation {interpolation!r} unknown; use one of {', '.join(INTERP)}")
-    if not (isinstance(img_size, numbers.Integral) and img_size > 0) or not 0 < crop_pct <= 4:
-        raise ConfigError(f"augmentation: need img_size > 0 and 0 < crop_pct, got {img_size!r}, {crop_pct!r}")
+    sizes = list(img_size) if fit == "resize" else [img_size]
+    if fit not in ("crop", "resize") or not all(isinstance(v, numbers.Integral) and v > 0 for v in sizes) \
+            or len(sizes) not in (1, 2) or (fit == "resize" and len(sizes) != 2) or not 0 < crop_pct <= 4:
+        raise ConfigError(f"augmentation: need fit crop (img_size S > 0) or resize (img_size (H, W)) and "
+                          f"0 < crop_pct, got {fit!r}, {img_size!r}, {crop_pct!r}")
     if in_chans < 1:
         raise ConfigError(f"--in-chans must be >= 1, got {in_chans}")
     ops, concrete, custom = _resolve_backend(preset_or_ops, backend, train)
     t = AugmentTransform(ops, backend=concrete, train=train, img_size=img_size, mean=mean, std=std,
-                         interpolation=interpolation, crop_pct=crop_pct, in_chans=in_chans, warn_skips=custom)
+                         interpolation=interpolation, crop_pct=crop_pct, in_chans=in_chans, warn_skips=custom, fit=fit)
     if concrete != "none":
         smoke_test(t)
     return t

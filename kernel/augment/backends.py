@@ -74,6 +74,22 @@ def resize_shorter(image: np.ndarray, mask: Optional[np.ndarray], size: int, int
     return out, mask
 
 
+def resize_exact(image: np.ndarray, mask: Optional[np.ndarray], size: Tuple[int, int],
+                 interp: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Resize to exactly ``size`` = (H, W) (segmentation: the whole image is kept); mask nearest-exact."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if (h, w) == tuple(size):
+        return image, mask
+    new = (int(size[1]), int(size[0]))  # cv2 wants (W, H)
+    flag = cv2.INTER_AREA if (size[0] < h / 2 or size[1] < w / 2) and interp in (1, 2) else interp
+    out = cv2.resize(np.ascontiguousarray(image), new, interpolation=flag).reshape(new[1], new[0], image.shape[2])
+    if mask is not None:
+        mask = cv2.resize(np.ascontiguousarray(mask), new, interpolation=getattr(cv2, "INTER_NEAREST_EXACT", 0))
+    return out, mask
+
+
 def imgaug_state(built: List[Any]) -> dict:
     """One imgaug Sequential whose augmenters all share one RNG, reseeded per call from torch."""
     iaa = imgaug_compat.import_imgaug()
@@ -127,6 +143,41 @@ def imgaug_call(state: dict, images: List[np.ndarray], masks: Optional[List[np.n
     return out
 
 
+_EXACT_MASK: list = []  # the ExactMask class, made (and its kernels registered) once per process
+
+
+def exact_mask_type() -> type:
+    """A ``tv_tensors.Mask`` whose resizes sample pixel centres (nearest-exact), like the image's resize.
+
+    torchvision's own mask kernels resize with floor-based nearest (``x * scale``), which shifts masks up
+    to a pixel against the bilinear image on RandomResizedCrop/Resize. Kernels can be registered for a
+    subclass (not for the builtin Mask), so resize and resized_crop get centre-sampling ones; every other
+    op falls through to the Mask kernels (affine and rotate already sample at centres).
+    """
+    if not _EXACT_MASK:
+        from torchvision import tv_tensors
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        class ExactMask(tv_tensors.Mask):
+            pass
+
+        exact = InterpolationMode.NEAREST_EXACT
+
+        @F.register_kernel(F.resize, ExactMask)
+        def _resize(inpt, size, interpolation=None, max_size=None, **kwargs):
+            out = F.resize_mask(inpt.as_subclass(torch.Tensor), size, interpolation=exact, max_size=max_size)
+            return tv_tensors.wrap(out, like=inpt)
+
+        @F.register_kernel(F.resized_crop, ExactMask)
+        def _resized_crop(inpt, top, left, height, width, size, **kwargs):
+            out = F.crop_mask(inpt.as_subclass(torch.Tensor), top, left, height, width)
+            return tv_tensors.wrap(F.resize_mask(out, size, interpolation=exact), like=inpt)
+
+        _EXACT_MASK.append(ExactMask)
+    return _EXACT_MASK[0]
+
+
 def tv_call(pipe: Callable, image: np.ndarray, mask: Optional[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Run a v2 pipeline on an (H, W, C) uint8 array (+ mask) through tv_tensors; back to numpy."""
     from torchvision import tv_tensors
@@ -134,5 +185,5 @@ def tv_call(pipe: Callable, image: np.ndarray, mask: Optional[np.ndarray]) -> Tu
     timg = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
     if mask is None:
         return pipe(timg).permute(1, 2, 0).numpy(), None
-    timg, tmask = pipe(timg, tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64))))
+    timg, tmask = pipe(timg, exact_mask_type()(torch.from_numpy(mask.astype(np.int64))))
     return timg.permute(1, 2, 0).numpy(), tmask.numpy()

@@ -234,7 +234,15 @@ def _tv_value(key: str, value: Any) -> Any:
     return value
 
 
-def build_ops(ops: Any, backend: str, *, img_size: int, in_chans: int, where: str = "augmentation",
+def _size_value(key: str, img_size: Any) -> Any:
+    """The default of a size argument: S for a square output, or from (H, W): width W, height H, size [H, W]."""
+    if isinstance(img_size, int):
+        return img_size
+    h, w = img_size
+    return {"width": w, "height": h}.get(key, [h, w])
+
+
+def build_ops(ops: Any, backend: str, *, img_size: Any, in_chans: int, where: str = "augmentation",
               skipped: Optional[List[str]] = None) -> List[Any]:
     """Instantiate an op list for ``backend`` ("imgaug" | "torchvision"); returns library objects.
 
@@ -275,7 +283,7 @@ def build_ops(ops: Any, backend: str, *, img_size: int, in_chans: int, where: st
             kwargs[info.renames.get(key, key)] = value
         if not pos:
             for key in info.size_kwargs:
-                kwargs.setdefault(key, img_size)
+                kwargs.setdefault(key, _size_value(key, img_size))
         factory = custom_factory(name, backend, module) if info.attr is None else getattr(module, info.attr)
         try:
             with warnings.catch_warnings():

@@ -13,7 +13,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .backends import imgaug_call, imgaug_state, quiet_library_warnings, resize_shorter, tv_call, warn_once
+from .backends import (imgaug_call, imgaug_state, quiet_library_warnings, resize_exact, resize_shorter, tv_call,
+                       warn_once)
 from .ops import IMGAUG_OPS, TORCHVISION_OPS, build_ops, describe, op_names
 from ..data.images import fit_channel_stats
 from ..registry import ConfigError
@@ -26,11 +27,15 @@ INTERP = {"nearest": 0, "bilinear": 1, "bicubic": 2, "area": 3, "lanczos": 4, "r
 class AugmentTransform:
     """The picklable pipeline returned by :func:`kernel.augment.build_transform` (built lazily in each process)."""
 
-    def __init__(self, ops: List[Any], *, backend: str, train: bool, img_size: int, mean: Sequence[float],
-                 std: Sequence[float], interpolation: str, crop_pct: float, in_chans: int, warn_skips: bool) -> None:
+    def __init__(self, ops: List[Any], *, backend: str, train: bool, img_size: Any, mean: Sequence[float],
+                 std: Sequence[float], interpolation: str, crop_pct: float, in_chans: int, warn_skips: bool,
+                 fit: str = "crop") -> None:
         self.ops, self.backend, self.train = ops, backend, train  # backend: "imgaug" | "torchvision" | "none"
-        self.img_size, self.in_chans = int(img_size), int(in_chans)
-        self.resize_to = max(self.img_size, int(math.floor(self.img_size / crop_pct)))
+        # fit "crop": resize the shorter side, center-crop S x S (classification); "resize": the whole image
+        # to exactly (H, W), nothing cut off (segmentation: every pixel has a label).
+        self.fit, self.in_chans = fit, int(in_chans)
+        self.img_size = (int(img_size[0]), int(img_size[1])) if fit == "resize" else int(img_size)
+        self.resize_to = self.img_size if fit == "resize" else max(self.img_size, int(math.floor(self.img_size / crop_pct)))
         self.mean = fit_channel_stats(mean, in_chans, "mean")
         self.std = fit_channel_stats(std, in_chans, "std")
         self.interpolation = INTERP[interpolation]
@@ -94,7 +99,8 @@ class AugmentTransform:
                 raise ConfigError(f"augmentation: mask must be (H, W) integer matching image {image.shape[:2]}, "
                                   f"got {mask.shape} {mask.dtype}")
             mask = mask.astype(np.int32, copy=False)  # imgaug segmaps accept int8/16/32 only
-        out = resize_shorter(image, mask, self.resize_to, self.interpolation)
+        resize = resize_exact if self.fit == "resize" else resize_shorter
+        out = resize(image, mask, self.resize_to, self.interpolation)
         if out[0] is image and self.backend == "imgaug":  # imgaug may augment in place: never the caller's array
             out = (image.copy(), out[1])
         return out
@@ -117,19 +123,27 @@ class AugmentTransform:
             return image, mask
 
     def _finish(self, state: dict, image: np.ndarray, mask: Optional[np.ndarray]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Resize up if smaller than S, center-crop S x S, then to float CHW + normalize in one pass."""
-        s = self.img_size
-        if min(image.shape[:2]) < s:
-            image, mask = resize_shorter(image, mask, s, self.interpolation)
-        h, w = image.shape[:2]
-        top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-        image = image[top:top + s, left:left + s]
-        out = torch.empty((image.shape[2], s, s), dtype=torch.float32)
+        """To the output size (crop: resize up if smaller, center-crop S x S; resize: exactly (H, W)), then
+        to float CHW + normalize in one pass."""
+        if self.fit == "resize":
+            image, mask = resize_exact(image, mask, self.img_size, self.interpolation)
+            sh, sw, top, left = self.img_size[0], self.img_size[1], 0, 0
+        else:
+            s = self.img_size
+            if min(image.shape[:2]) < s:
+                image, mask = resize_shorter(image, mask, s, self.interpolation)
+            h, w = image.shape[:2]
+            sh = sw = s
+            top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+        image = image[top:top + sh, left:left + sw]
+        out = torch.empty((image.shape[2], sh, sw), dtype=torch.float32)
+        if not image.flags.writeable:  # a read-only view (an image already at its size): torch wants writable
+            image = image.copy()
         out.copy_(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))  # transpose + cast, one pass
         out.mul_(state["scale"]).add_(state["bias"])
         if mask is None:
             return out, None
-        return out, torch.from_numpy(np.ascontiguousarray(mask[top:top + s, left:left + s])).long()
+        return out, torch.from_numpy(np.ascontiguousarray(mask[top:top + sh, left:left + sw])).long()
 
 
 def smoke_test(t: AugmentTransform) -> None:

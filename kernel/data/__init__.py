@@ -5,7 +5,7 @@ CSVs), :mod:`.shapes` (the built-in procedural data), :mod:`.split` (train/val f
 :mod:`.loader` (transformed datasets and DataLoaders), :mod:`.inputs` (what to predict).
 """
 from .guard import BAD_IMAGES, REPORT, ReadGuard, read_report
-from .images import IMAGE_EXTENSIONS, fit_channel_stats, is_image_file, load_image
+from .images import DEFAULT_DATA_CONFIG, IMAGE_EXTENSIONS, fit_channel_stats, is_image_file, load_image
 from .inputs import collect_inputs
 from .loader import ImageList, TransformedDataset, build_loader
 from .shapes import SHAPE_CLASSES, ShapesSource, draw_shape, write_shapes
@@ -13,7 +13,7 @@ from .sources import CsvSource, FolderSource, Subset, match_image_ids, read_csv_
 from .split import DataSplit, build_sources, stratified_split
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "is_image_file", "load_image", "fit_channel_stats", "collect_inputs", "ImageList",
+    "IMAGE_EXTENSIONS", "DEFAULT_DATA_CONFIG", "is_image_file", "load_image", "fit_channel_stats", "collect_inputs", "ImageList",
     "TransformedDataset", "build_loader", "SHAPE_CLASSES", "ShapesSource", "draw_shape", "write_shapes",
     "CsvSource", "FolderSource", "Subset", "match_image_ids", "read_csv_rows", "DataSplit", "build_sources",
     "stratified_split", "BAD_IMAGES", "REPORT", "ReadGuard", "read_report",

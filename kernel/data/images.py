@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 from ..registry import ConfigError
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "fit_channel_stats"]
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_DATA_CONFIG", "is_image_file", "load_image", "fit_channel_stats"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# Preprocessing for models without a pretrained config (torchvision's, smp's): ImageNet statistics,
+# 224 px, timm's default crop and interpolation. The one place these numbers live.
+DEFAULT_DATA_CONFIG: Dict[str, Any] = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), img_size=224,
+                                           interpolation="bilinear", crop_pct=0.875)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

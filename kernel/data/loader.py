@@ -19,21 +19,34 @@ __all__ = ["TransformedDataset", "ImageList", "build_loader"]
 
 
 class TransformedDataset(Dataset):
-    """Apply ``transform(image, mask) -> (tensor (C,S,S), mask)`` to a source; items are (image, target).
+    """Apply ``transform(image, mask) -> (tensor (C, H, W), mask (H, W) | None)`` to a source's samples.
 
-    Samples are read through ``guard`` (a :class:`~kernel.data.guard.ReadGuard`) when given, so an
-    unreadable file is replaced instead of ending the run.
+    Items are ``(image, target)`` for classification; with ``mask_target`` (segmentation) they are
+    ``(image, mask_target(mask))``, the augmented mask turned into the loss's target; ``with_mask``
+    gives ``(image, target, mask)`` (previews). Samples are read through ``guard`` (a
+    :class:`~kernel.data.guard.ReadGuard`) when given, so an unreadable file is replaced instead of
+    ending the run.
     """
 
-    def __init__(self, source: Any, transform: Callable, with_mask: bool = False, guard: Optional[ReadGuard] = None):
+    def __init__(self, source: Any, transform: Callable, with_mask: bool = False, guard: Optional[ReadGuard] = None,
+                 mask_target: Optional[Callable] = None):
         self.source, self.transform, self.with_mask, self.guard = source, transform, with_mask, guard
+        self.mask_target = mask_target
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, Any]:
+    def transformed(self, i: int) -> Tuple[torch.Tensor, Any, Optional[torch.Tensor]]:
+        """(image tensor, the source's target, augmented mask or None) of sample ``i``."""
         image, target, mask = self.guard.read(self.source, i) if self.guard is not None else self.source[i]
-        image, mask = self.transform(image, mask if self.with_mask else None)
+        use_mask = self.with_mask or self.mask_target is not None
+        image, mask = self.transform(image, mask if use_mask else None)
+        return image, target, mask
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, Any]:
+        image, target, mask = self.transformed(i)
+        if self.mask_target is not None:
+            return image, self.mask_target(mask)
         return (image, target, mask) if self.with_mask else (image, target)
 
 

@@ -5,10 +5,9 @@
 To add a model family, build it in a ``create_*`` function that sets ``model.kernel_head`` and
 dispatch to it from :func:`create_model` by name prefix (as ``tv:`` does for torchvision).
 """
-from .create import DEFAULT_DATA_CONFIG, adapt_first_conv, create_model, list_models, model_summary, read_weights, \
-    resolve_data_config
+from .create import adapt_first_conv, create_model, list_models, model_summary, read_weights, resolve_data_config
 from .freeze import backbone_parameters, head_modules, head_parameters, set_backbone_frozen, train_mode
 
 __all__ = ["create_model", "list_models", "read_weights", "adapt_first_conv", "resolve_data_config", "model_summary",
-           "DEFAULT_DATA_CONFIG", "head_modules", "head_parameters", "backbone_parameters", "set_backbone_frozen",
+           "head_modules", "head_parameters", "backbone_parameters", "set_backbone_frozen",
            "train_mode"]

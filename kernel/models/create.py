@@ -17,18 +17,14 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-from ..data.images import fit_channel_stats
+from ..data.images import DEFAULT_DATA_CONFIG, fit_channel_stats
 from ..paths import load_tensors
 from ..registry import ConfigError, did_you_mean
 
-__all__ = ["create_model", "list_models", "read_weights", "adapt_first_conv", "resolve_data_config",
-           "model_summary", "DEFAULT_DATA_CONFIG"]
+__all__ = ["create_model", "list_models", "read_weights", "adapt_first_conv", "resolve_data_config", "model_summary"]
 
 log = logging.getLogger(__name__)
-# Preprocessing for models without a pretrained config (torchvision's): ImageNet statistics, 224 px,
-# timm's default crop. The one place these numbers live.
-DEFAULT_DATA_CONFIG: Dict[str, Any] = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), img_size=224,
-                                           interpolation="bilinear", crop_pct=0.875)
+
 
 
 def list_models(pattern: str = "*") -> List[str]:

@@ -19,7 +19,7 @@ __all__ = ["_SOURCES", "_add", "_EmbeddedModules", "_install", "_sources_sha256"
 _SOURCES = {}  # module name -> (file name shown in tracebacks, is a package, source text)
 _TOPS = ("kernel", "kernel_user")
 # Pure-Python packages that Kaggle's and Colab's images lack, shipped in the code dataset's vendor/.
-_VENDORED = ("imgaug",)
+_VENDORED = ("imgaug", "segmentation_models_pytorch")
 
 
 def _add(name, filename, is_package, source):

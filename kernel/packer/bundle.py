@@ -28,7 +28,8 @@ __all__ = ["Bundle", "VENDORED", "plan", "write", "read_config"]
 # Pure-Python packages Kaggle's image lacks, copied into the code dataset's vendor/ (the packed
 # script's bootstrap puts that folder on sys.path when the package is not installed): name ->
 # files besides *.py that the copy needs (imgaug's font draws text on its debug images).
-VENDORED: Dict[str, Tuple[str, ...]] = {"imgaug": ("DejaVuSans.ttf", "external/README.md")}
+VENDORED: Dict[str, Tuple[str, ...]] = {"imgaug": ("DejaVuSans.ttf", "external/README.md"),
+                                        "segmentation_models_pytorch": ()}
 _LEAKED_KEY = r"""["']key["']\s*:\s*["'][0-9a-f]{32}["']"""  # a kaggle.json pasted into a module
 
 

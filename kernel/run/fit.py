@@ -26,7 +26,7 @@ from ..paths import atomic_write, detect_platform, find_in_inputs, resolve_path
 from ..registry import ConfigError
 from ..report import EpochReporter, Progress, write_json, write_metrics_csv
 from ..tasks import monitor_mode
-from .prepare import Prepared, backbone_frozen
+from .prepare import Prepared, backbone_frozen, hw
 
 __all__ = ["FitState", "resume_path", "resume_state", "repair_best", "fit", "finish", "epoch_seed", "input_shape",
            "BASE_COLUMNS"]
@@ -219,4 +219,4 @@ def finish(p: Prepared, state: FitState, wall_time: float) -> Dict[str, Any]:
 
 def input_shape(p: Prepared) -> tuple:
     """(C, H, W) of the model's input."""
-    return (p.opts.in_chans, p.dcfg["img_size"], p.dcfg["img_size"])
+    return (p.opts.in_chans, *hw(p.dcfg["img_size"]))

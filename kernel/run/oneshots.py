@@ -17,7 +17,7 @@ from ..options import Options
 from ..report import summary_table
 from ..schedule import format_lr_table, preview_lr
 from ..tasks import get_task
-from .prepare import prepare_data, prepare_loaders, prepare_model, prepare_optimization, run_dir_of
+from .prepare import hw, prepare_data, prepare_loaders, prepare_model, prepare_optimization, run_dir_of
 
 __all__ = ["ONE_SHOTS", "requested"]
 
@@ -33,7 +33,7 @@ def _list_models(opts: Options) -> Dict[str, Any]:
 def _summary(opts: Options) -> Dict[str, Any]:
     task = get_task(opts.task)
     model, dcfg = prepare_model(opts, task, prepare_data(opts, task))
-    print(summary_table(model, (opts.in_chans, dcfg["img_size"], dcfg["img_size"])))
+    print(summary_table(model, (opts.in_chans, *hw(dcfg["img_size"]))))
     return {"summary": True}
 
 

@@ -30,9 +30,9 @@ from .. import __version__
 from ..paths import default_output_dir, detect_platform, resolve_path
 from ..registry import ConfigError, parse_kwargs
 from ..schedule import LRSchedule, create_scheduler
-from ..tasks import Task, get_task, monitor_mode
+from ..tasks import Task, detect_task, get_task, monitor_mode
 
-__all__ = ["DRY_RUN", "Prepared", "backbone_frozen", "effective_options", "seed_everything", "run_dir_of",
+__all__ = ["DRY_RUN", "Prepared", "hw", "backbone_frozen", "effective_options", "seed_everything", "run_dir_of",
            "read_guard", "prepare_data", "prepare_model", "prepare_loaders", "prepare_optimization", "prepare"]
 
 log = logging.getLogger("kernel")
@@ -63,18 +63,29 @@ class Prepared:
 
 
 
+def hw(size: Any) -> Tuple[int, int]:
+    """(H, W) of an input size given as S or (H, W)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def backbone_frozen(opts: Options, epoch: int) -> bool:
     """Whether the backbone is frozen during ``epoch`` (``--freeze backbone``, ``--unfreeze-at``)."""
     return opts.freeze == "backbone" and (opts.unfreeze_at == 0 or epoch < opts.unfreeze_at)
 
 
 def effective_options(opts: Options) -> Options:
-    """A copy of ``opts`` as the run uses them: dry-run limits applied, ``auto`` monitor resolved.
+    """A copy of ``opts`` as the run uses them: dry-run limits applied, ``auto`` task and monitor resolved.
 
     The caller's object is never changed; the copy is what ``config.yaml`` and checkpoints record.
     """
-    task = get_task(opts.task)
     changes: Dict[str, Any] = {}
+    if opts.task == "auto":
+        data = opts.data if opts.data == "shapes" else resolve_path(opts.data, "data")
+        changes["task"] = detect_task(data, opts.csv, opts.rle_col, opts.class_col)
+    task = get_task(changes.get("task", opts.task))
+    if task.name == "classify" and isinstance(opts.img_size, list):
+        raise ConfigError(f"--img-size {opts.img_size[0]} {opts.img_size[1]}: classification crops a square; give "
+                          "one size (height and width are for --task segment)")
     if opts.dry_run:
         changes.update(epochs=min(opts.epochs, DRY_RUN["epochs"]), batch_size=min(opts.batch_size, DRY_RUN["batch_size"]))
     monitor = task.monitors[0] if opts.monitor == "auto" else opts.monitor
@@ -130,7 +141,7 @@ def prepare_model(opts: Options, task: Task, split: DataSplit) -> Tuple[nn.Modul
     set_backbone_frozen(model, backbone_frozen(opts, 1))
     log.info(model_summary(model, opts.model))
     dcfg = task.data_config(model, opts)
-    log.info("input %dpx, mean %s, std %s, %s; augmentation %s", dcfg["img_size"],
+    log.info("input %s px, mean %s, std %s, %s; augmentation %s", "x".join(map(str, hw(dcfg["img_size"]))),
              tuple(round(m, 3) for m in dcfg["mean"]), tuple(round(s, 3) for s in dcfg["std"]),
              dcfg["interpolation"], opts.aug if isinstance(opts.aug, str) else "custom")
     return model, dcfg
@@ -145,13 +156,16 @@ def read_guard(opts: Options) -> ReadGuard:
 def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str, Any],
                     device: torch.device) -> Tuple[Any, Any, torch.Generator]:
     """(train loader, validation loader, the generator that seeds the training shuffle)."""
+    def dataset(source: Any, train: bool) -> TransformedDataset:
+        return TransformedDataset(source, task.transform(opts, dcfg, train=train), guard=read_guard(opts),
+                                  mask_target=task.target(split))
+
     generator = torch.Generator()
-    train = build_loader(TransformedDataset(split.train, task.transform(opts, dcfg, train=True), guard=read_guard(opts)),
-                         batch_size=opts.batch_size, train=True, workers=opts.workers, device=device,
-                         generator=generator, worker_init_fn=seed_worker, persistent=not opts.deterministic)
-    val = build_loader(TransformedDataset(split.val, task.transform(opts, dcfg, train=False), guard=read_guard(opts)),
-                       batch_size=opts.batch_size, train=False, workers=opts.workers, device=device,
-                       worker_init_fn=seed_worker)
+    train = build_loader(dataset(split.train, True), batch_size=opts.batch_size, train=True, workers=opts.workers,
+                         device=device, generator=generator, worker_init_fn=seed_worker,
+                         persistent=not opts.deterministic)
+    val = build_loader(dataset(split.val, False), batch_size=opts.batch_size, train=False, workers=opts.workers,
+                       device=device, worker_init_fn=seed_worker)
     return train, val, generator
 
 
@@ -160,7 +174,7 @@ def prepare_optimization(opts: Options, task: Task, split: DataSplit, model: nn.
     """(loss, optimizer, LR schedule, optimizer updates per epoch)."""
     loss_spec = task.default_loss(split) if opts.loss == "auto" else opts.loss
     task.check(opts, split, loss_spec)
-    loss_fn = create_loss(loss_spec, **parse_kwargs(opts.loss_kwargs, "loss-kwargs"))
+    loss_fn = create_loss(loss_spec, **{**task.loss_kwargs(split), **parse_kwargs(opts.loss_kwargs, "loss-kwargs")})
     optimizer = create_optimizer(opts.opt, param_groups(model, opts.weight_decay, opts.backbone_lr_mult),
                                  opts.lr, opts.momentum)
     steps_per_epoch = math.ceil(batches_per_epoch / opts.accum_steps)

@@ -27,6 +27,8 @@ class Task:
     monitors: Tuple[str, ...] = ()   # validation metrics a run can monitor; the first is the default
     columns: Tuple[str, ...] = ()    # the task's own metrics.csv columns (after epoch, lr, losses)
     metric_panel: Panel = ("", ())   # the middle panel of curves.png
+    default_out: str = ""            # what kernel.predict writes when --out is not given
+    out_is_folder: bool = False      # --out names a folder (masks) rather than a file
 
     # -- data and model ---------------------------------------------------------------------
     def build_data(self, opts: Any) -> Any:
@@ -53,6 +55,15 @@ class Task:
         raise NotImplementedError
 
     # -- metrics and outputs -----------------------------------------------------------------
+    def target(self, split: Any) -> Any:
+        """None: items are (image, the source's target); else a callable turning the augmented mask into
+        the target (segmentation)."""
+        return None
+
+    def loss_kwargs(self, split: Any) -> Dict[str, Any]:
+        """Loss options the data implies (e.g. ``ignore_index``); ``--loss-kwargs`` overrides them."""
+        return {}
+
     def meter(self, split: Any, train: bool) -> Any:
         """A fresh meter (``update(logits, targets)``, ``compute() -> dict``) for one pass."""
         raise NotImplementedError

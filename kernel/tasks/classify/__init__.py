@@ -36,6 +36,7 @@ class ClassifyTask(Task):
     monitors = ("val_acc", "val_loss")
     columns = ("train_acc", "val_acc", "val_acc5")
     metric_panel = ("accuracy (%)", [("train_acc", "train"), ("val_acc", "val"), ("val_acc5", "val top-5")])
+    default_out = "predictions.csv"
 
     def build_data(self, opts: Any) -> DataSplit:
         return build_sources(opts.data, val_data=opts.val_data, val_split=opts.val_split, csv_file=opts.csv,

@@ -32,7 +32,7 @@ __all__ = ["MODES", "IGNORE_INDEX", "MAX_MULTILABEL", "encode_multilabel", "deco
 MODES = ("auto", "binary", "multiclass", "multilabel")
 IGNORE_INDEX = 255  # index masks: pixels of this value are left out of losses and metrics
 MAX_MULTILABEL = 30  # bits 0..29 of a non-negative int32
-_RLE_COLUMNS = ("encodedpixels", "rle_mask", "rle")
+RLE_COLUMNS = ("encodedpixels", "rle_mask", "rle")  # guessed RLE column names, lowercase
 _CLASS_COLUMNS = ("classid", "class_id", "class")
 
 
@@ -192,7 +192,7 @@ class RleCsvSource:
         cols = list(rows[0].keys())
         image_col = _column(cols, image_col, "image-col", (), self.csv_path) or cols[0]
         rle_given = rle_col
-        rle_col = _column(cols, rle_col, "rle-col", _RLE_COLUMNS, self.csv_path)
+        rle_col = _column(cols, rle_col, "rle-col", RLE_COLUMNS, self.csv_path)
         if not rle_col:
             raise ConfigError(f"--rle-col: no RLE column in {self.csv_path!r} (columns: {', '.join(cols)}); "
                               "name the column of 'start length' pairs with --rle-col")

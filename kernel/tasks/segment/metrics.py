@@ -204,7 +204,8 @@ class SegMeter:
     """
 
     def __init__(self, num_classes: int, mode: str, ignore_index: Optional[int] = None,
-                 threshold: float = 0.5, include_background: bool = False):
+                 threshold: float = 0.5, include_background: bool = False, keep_worst: int = 0):
+        self.keep_worst = int(keep_worst)  # keep the predictions of the K images with the lowest mean IoU
         _check_mode(mode)
         _threshold_logit(threshold)
         self.mode, self.threshold, self.ignore_index = mode, float(threshold), ignore_index
@@ -225,6 +226,8 @@ class SegMeter:
         if self.mode != "multilabel":
             self._state["confusion"] = zero(c, c)
         self._image_iou: List[Tensor] = []
+        self._worst: Optional[Tuple[Tensor, Tensor, Tensor]] = None  # (iou (K,), index (K,), pred (K, H, W))
+        self._seen = 0
 
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor) -> None:
@@ -247,6 +250,22 @@ class SegMeter:
         for key, value in batch.items():
             self._state[key] += value
         self._image_iou.append(per_image)
+        if self.keep_worst:
+            self._keep_worst(per_image, pred)
+        self._seen += pred.shape[0]
+
+    def _keep_worst(self, iou: Tensor, pred: Tensor) -> None:
+        """Keep the K lowest-IoU images' predictions so far, on the device (topk: no host sync)."""
+        if pred.ndim == 4:  # multilabel (N, C, H, W) bool -> one int32 bit mask per image
+            bits = (1 << torch.arange(pred.shape[1], device=pred.device, dtype=torch.int32)).view(1, -1, 1, 1)
+            pred = (pred.to(torch.int32) * bits).sum(1, dtype=torch.int32)
+        index = torch.arange(self._seen, self._seen + pred.shape[0], device=pred.device)
+        iou = torch.nan_to_num(iou.double(), nan=1.0)
+        if self._worst is not None:
+            iou, index, pred = (torch.cat([a, b]) for a, b in zip(self._worst, (iou, index, pred.to(self._worst[2].dtype))))
+        k = min(self.keep_worst, iou.shape[0])
+        order = torch.topk(iou, k, largest=False).indices
+        self._worst = (iou[order], index[order], pred[order])
 
     def state(self) -> Dict[str, Tensor]:
         """A copy of every accumulated tensor (sums; all_reduce each with SUM across processes). They
@@ -288,4 +307,8 @@ class SegMeter:
                           else torch.zeros(0, dtype=torch.float64))}
         if "confusion" in s:
             out["confusion"] = s["confusion"]
+        if self._worst is not None:
+            iou, index, pred = (t.cpu() for t in self._worst)
+            order = torch.argsort(iou, stable=True)  # worst first
+            out["worst"] = {"iou": iou[order], "index": index[order], "pred": pred[order]}
         return out

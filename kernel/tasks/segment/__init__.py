@@ -1,0 +1,163 @@
+"""The ``segment`` task: a class per pixel (binary, multiclass) or a set of classes per pixel (multilabel).
+
+Data (:mod:`.data`): ``DIR/images`` + ``DIR/masks`` pairs (index, palette, 0/255 or colour masks), Kaggle RLE
+CSVs (:mod:`.rle`) or ``shapes``. Models: smp decoders (``--arch``) on smp or timm encoders (``--model``),
+or torchvision's segmentation models (:mod:`kernel.models.segmentation`). Losses default to ``dice+ce``
+(multiclass) or ``dice+bce``. Metrics (:mod:`.metrics`): per-class IoU/Dice from counts over the whole
+validation set; ``val_miou`` picks ``best.pt``. Pictures (:mod:`.pictures`): the worst validation images
+as overlays, the per-class table, the pixel confusion matrix. Prediction (:mod:`.predict`): index-PNG
+masks at each image's size and Kaggle RLE submissions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from ...augment import build_transform
+from ...data import DEFAULT_DATA_CONFIG, DataSplit, fit_channel_stats
+from ...models.segmentation import create_seg_model
+from ...registry import ConfigError
+from ...report import plots
+from ..base import Task
+from .data import build_seg_sources, decode_multilabel
+from .metrics import SegMeter
+from .pictures import plot_overlays, write_seg_per_class_csv
+
+__all__ = ["SegmentTask", "SegMeter", "build_seg_sources", "SEG_IMG_SIZE", "N_PICTURES"]
+
+SEG_IMG_SIZE = 256  # the input size when --img-size is not given (smp models have no pretrained config)
+N_PICTURES = 8      # worst validation images in predictions.png
+
+
+def out_channels(split: DataSplit) -> int:
+    """Logit channels: 1 for binary (a foreground logit), else one per class."""
+    return 1 if split.meta["mode"] == "binary" else len(split.classes)
+
+
+def ignore_index(split: DataSplit) -> Any:
+    return split.meta.get("ignore_index")
+
+
+class MaskTarget:
+    """The training target from an augmented (H, W) int64 mask: as is, or multilabel bits -> (C, H, W) float."""
+
+    def __init__(self, mode: str, num_classes: int):
+        self.mode, self.num_classes = mode, num_classes
+
+    def __call__(self, mask: torch.Tensor) -> torch.Tensor:
+        return decode_multilabel(mask, self.num_classes) if self.mode == "multilabel" else mask
+
+
+class SegmentTask(Task):
+    name = "segment"
+    monitors = ("val_miou", "val_dice", "val_loss")
+    columns = ("train_miou", "val_miou", "val_dice", "val_image_miou", "val_pixel_acc")
+    metric_panel = ("IoU / Dice", [("train_miou", "train mIoU"), ("val_miou", "val mIoU"), ("val_dice", "val Dice")])
+    default_out = "masks"
+    out_is_folder = True
+
+    def build_data(self, opts: Any) -> DataSplit:
+        split = build_seg_sources(opts.data, val_data=opts.val_data, val_split=opts.val_split, csv_file=opts.csv,
+                                  image_dir=opts.image_dir, image_col=opts.image_col, rle_col=opts.rle_col,
+                                  class_col=opts.class_col, rle_order=opts.rle_order, mode=opts.seg_mode,
+                                  in_chans=opts.in_chans, seed=opts.seed)
+        if split.meta["ignore_index"] is not None:  # --ignore-index -1: no void pixels
+            split.meta["ignore_index"] = None if opts.ignore_index < 0 else opts.ignore_index
+        split.meta.update(threshold=opts.threshold, include_background=opts.seg_include_background)
+        return split
+
+    def default_loss(self, split: DataSplit) -> str:
+        return "dice+ce" if split.meta["mode"] == "multiclass" else "dice+bce"
+
+    def loss_kwargs(self, split: DataSplit) -> Dict[str, Any]:
+        return {} if ignore_index(split) is None else {"ignore_index": ignore_index(split)}
+
+    def check(self, opts: Any, split: DataSplit, loss: Any) -> None:
+        if split.meta["mode"] != "multiclass" and loss in ("ce", "dice+ce"):
+            raise ConfigError(f"--loss {loss}: this is {split.meta['mode']} segmentation (one sigmoid per class); "
+                              "use --loss dice+bce (or auto)")
+
+    def create_model(self, opts: Any, split: DataSplit, pretrained: str) -> nn.Module:
+        return create_seg_model(opts.arch, opts.model, out_channels(split), opts.in_chans, pretrained)
+
+    def data_config(self, model: nn.Module, opts: Any) -> Dict[str, Any]:
+        size = opts.img_size or SEG_IMG_SIZE
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        return dict(DEFAULT_DATA_CONFIG, img_size=hw, mean=fit_channel_stats(DEFAULT_DATA_CONFIG["mean"], opts.in_chans),
+                    std=fit_channel_stats(DEFAULT_DATA_CONFIG["std"], opts.in_chans))
+
+    def transform(self, opts: Any, dcfg: Dict[str, Any], train: bool) -> Callable:
+        return build_transform(opts.aug, train=train, backend=opts.aug_backend, img_size=dcfg["img_size"],
+                               mean=dcfg["mean"], std=dcfg["std"], interpolation=dcfg["interpolation"],
+                               in_chans=opts.in_chans, fit="resize")
+
+    def target(self, split: DataSplit) -> Callable:
+        return MaskTarget(split.meta["mode"], len(split.classes))
+
+    def meter(self, split: DataSplit, train: bool) -> SegMeter:
+        m = split.meta
+        return SegMeter(len(split.classes), m["mode"], m["ignore_index"], m["threshold"], m["include_background"],
+                        keep_worst=0 if train else N_PICTURES)
+
+    def row(self, train: Dict[str, Any], val: Dict[str, Any]) -> Dict[str, Any]:
+        return {"train_miou": train["miou"], "val_miou": val["miou"], "val_dice": val["mdice"],
+                "val_image_miou": val["image_miou"], "val_pixel_acc": val["pixel_acc"]}
+
+    def describe(self, row: Dict[str, Any], part: str) -> str:
+        return f" mIoU {row[f'{part}_miou']:.4f}" + (f" Dice {row['val_dice']:.4f}" if part == "val" else "")
+
+    def write_best(self, run_dir: Path, epoch: int, val: Dict[str, Any], split: DataSplit, val_dataset: Any,
+                   dcfg: Dict[str, Any], safe: Callable[..., None]) -> None:
+        """per_class.csv, the pixel confusion matrix and overlays of the worst images, best epoch."""
+        title = f"best checkpoint (epoch {epoch}), validation"
+        names = _table_names(split)
+        safe("per_class.csv", lambda: write_seg_per_class_csv(val["per_class"], names, run_dir / "per_class.csv"), False)
+        if "confusion" in val:
+            safe("confusion_matrix.png", lambda: plots.plot_confusion_matrix(
+                val["confusion"].numpy(), names, run_dir / "confusion_matrix.png", title=title, unit="pixels"), True)
+        worst = val.get("worst")
+        if worst is not None and len(worst["index"]):
+            safe("predictions.png", lambda: _draw_worst(worst, split, val_dataset, dcfg, run_dir, title), True)
+
+    def export_meta(self, split: DataSplit) -> Dict[str, Any]:
+        return dict(split.meta)
+
+    def predict(self, trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
+                device: torch.device) -> Dict[str, Any]:
+        from .predict import predict_masks
+        return predict_masks(trained, items, popts, device)
+
+
+def _table_names(split: DataSplit) -> List[str]:
+    """The per-class table's rows: binary counts background and foreground."""
+    if split.meta["mode"] == "binary" and len(split.classes) == 1:
+        return ["background", split.classes[0]]
+    return list(split.classes)
+
+
+def display_masks(masks: torch.Tensor, split: DataSplit) -> Tuple[Any, List[str], List[List[int]]]:
+    """Masks as index images for pictures, with their names and colours (multilabel bits: highest class)."""
+    colors = [list(c) for c in split.meta["colors"]]
+    if split.meta["mode"] != "multilabel":
+        return masks.numpy(), _table_names(split), colors
+    m = masks.long()
+    index = torch.zeros_like(m)
+    for k in range(len(split.classes)):
+        index = torch.where((m >> k) & 1 == 1, k + 1, index)
+    return index.numpy(), ["none", *split.classes], [[0, 0, 0], *colors]
+
+
+def _draw_worst(worst: Dict[str, torch.Tensor], split: DataSplit, val_dataset: Any, dcfg: Dict[str, Any],
+                run_dir: Path, title: str) -> None:
+    idx = worst["index"].tolist()
+    with torch.random.fork_rng(devices=[]):  # a custom eval transform must not touch the run's RNG
+        samples = [val_dataset.transformed(i) for i in idx]
+    images = torch.stack([s[0] for s in samples])
+    truth, names, colors = display_masks(torch.stack([s[2] for s in samples]), split)
+    pred, _, _ = display_masks(worst["pred"].long(), split)
+    plot_overlays(images, truth, pred, worst["iou"].tolist(), names, colors, run_dir / "predictions.png",
+                  mean=dcfg["mean"], std=dcfg["std"], ignore_index=ignore_index(split),
+                  title=f"{title}: worst images first")

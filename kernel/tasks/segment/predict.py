@@ -1,0 +1,145 @@
+"""Segmentation prediction: masks at each image's own size, flip TTA, small regions dropped, RLE submissions.
+
+Each image goes through the evaluation transform (resized to the training size), the model gives
+logits, and the logits -- never a nearest-resized mask -- are resized bilinearly to the image's size
+before the argmax (multiclass) or the threshold (binary, multilabel). Outputs in ``--out``:
+
+* ``<stem>.png``: an index mask with the run's palette, for binary and multiclass models;
+  multilabel models write one 0/1 mask per class, ``<stem>_<class>.png``;
+* ``submission.csv`` (``--submission``): Kaggle RLE, a row per image (``id,rle_mask``, binary) or per image
+  and class (``ImageId,ClassId,EncodedPixels``); a ``--sample-submission`` gives the columns and row order.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ...data import ImageList, build_loader
+from ...engine.amp import autocast, resolve_amp_dtype
+from ...registry import ConfigError
+from ...report.files import write_csv
+from ..classify.outputs import read_sample_submission
+from .masks import palette, write_mask_png
+from .rle import rle_encode
+
+__all__ = ["predict_logits", "logits_to_masks", "remove_small_regions", "predict_masks", "submission_rows"]
+
+log = logging.getLogger("kernel")
+
+
+@torch.no_grad()
+def predict_logits(trained: Any, paths: Sequence[str], *, device: torch.device, batch_size: int, workers: int,
+                   amp: bool, tta: bool) -> Iterator[Tuple[int, torch.Tensor]]:
+    """(index, logits (C, H0, W0) float32 on the CPU) per image, at the image's own size H0 x W0."""
+    dtype = resolve_amp_dtype(device, amp)
+    loader = build_loader(ImageList(paths, trained.transform, trained.in_chans), batch_size=batch_size,
+                          train=False, workers=workers, device=device, persistent=False)
+    for images, index in loader:
+        images = images.to(device, non_blocking=device.type == "cuda")
+        with autocast(device, dtype):
+            logits = trained.model(images).float()
+            if tta:  # horizontal flip: the flipped image's logits, flipped back, averaged with the plain ones
+                logits = (logits + trained.model(images.flip(3)).float().flip(3)) / 2
+        for k, i in enumerate(index.tolist()):
+            with Image.open(paths[i]) as img:
+                w0, h0 = img.size
+            yield i, F.interpolate(logits[k:k + 1], size=(h0, w0), mode="bilinear", align_corners=False)[0].cpu()
+
+
+def logits_to_masks(logits: torch.Tensor, mode: str, threshold: float) -> np.ndarray:
+    """(C, H, W) logits -> (H, W) uint8 class indices (binary: 0/1), or (C, H, W) bool for multilabel."""
+    if mode == "multiclass":
+        return logits.argmax(0).numpy().astype(np.uint8)
+    on = torch.sigmoid(logits) > threshold
+    return on[0].numpy().astype(np.uint8) if mode == "binary" else on.numpy()
+
+
+def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Set connected regions (8-connectivity) smaller than ``min_area`` pixels to 0, per class; (H, W) ints."""
+    if min_area <= 0:
+        return mask
+    import cv2
+
+    out = mask.copy()
+    for value in np.unique(mask):
+        if value == 0:
+            continue
+        n, labels, stats, _ = cv2.connectedComponentsWithStats((mask == value).astype(np.uint8), connectivity=8)
+        small = [k for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] < min_area]
+        if small:
+            out[np.isin(labels, small)] = 0
+    return out
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", str(name))
+
+
+def predict_masks(trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
+                  device: torch.device) -> Dict[str, Any]:
+    """Write one mask per image into ``popts['out']`` and, when asked, the RLE submission; see the module doc."""
+    mode, classes = trained.meta["mode"], trained.classes
+    out = Path(popts["out"])
+    pal = palette(max(len(classes), 2), [tuple(c) for c in trained.meta["colors"]] if mode != "multilabel" else None)
+    order = trained.options.get("rle_order", "F")
+    rows: Dict[int, List[Tuple[str, str]]] = {}  # image index -> [(class name, rle)]
+    for i, logits in predict_logits(trained, [p for _, p in items], device=device, batch_size=popts["batch_size"],
+                                    workers=popts["workers"], amp=popts["amp"], tta=popts["tta"]):
+        stem = Path(items[i][1]).stem
+        masks = logits_to_masks(logits, mode, popts["threshold"])
+        if mode == "multilabel":
+            per_class = [remove_small_regions(m.astype(np.uint8), popts["min_area"]) for m in masks]
+            for name, m in zip(classes, per_class):
+                write_mask_png(m, out / f"{stem}_{_safe_name(name)}.png", palette(2))
+            rows[i] = [(name, rle_encode(m, order)) for name, m in zip(classes, per_class)]
+        else:
+            m = remove_small_regions(masks, popts["min_area"])
+            write_mask_png(m, out / f"{stem}.png", pal)
+            fg = classes[1:] if len(classes) > 1 else classes
+            rows[i] = [(name, rle_encode(m == k + 1, order)) for k, name in enumerate(fg)]
+    log.info("predicted %d masks%s -> %s", len(items), " (flip TTA)" if popts["tta"] else "", out)
+    result: Dict[str, Any] = {"images": len(items), "masks": str(out)}
+    if popts["submission"]:
+        header, table = submission_rows([ident for ident, _ in items], rows, popts, per_class=mode != "binary")
+        result["submission"] = write_csv([header, *table], popts["submission"])
+        log.info("wrote %s", popts["submission"])
+    return result
+
+
+def submission_rows(ids: Sequence[str], rows: Dict[int, List[Tuple[str, str]]], popts: Dict[str, Any],
+                    per_class: bool) -> Tuple[List[str], List[List[str]]]:
+    """(header, rows) of the RLE submission: a sample submission's columns and order, or our own."""
+    index: Dict[str, int] = {}
+    for n, ident in enumerate(ids):
+        index.setdefault(ident, n)
+        index.setdefault(Path(ident).stem, n)
+    if not popts["sample_submission"]:
+        if per_class:
+            return ["ImageId", "ClassId", "EncodedPixels"], [[ids[n], c, r] for n in sorted(rows) for c, r in rows[n]]
+        return ["id", popts["target_col"] or "rle_mask"], [[ids[n], rows[n][0][1]] for n in sorted(rows)]
+    header, order = read_sample_submission(popts["sample_submission"])
+    missing = [i for i in order if i not in index and Path(i).stem not in index]
+    if missing:
+        raise ConfigError(f"--sample-submission: {len(missing)} of its {len(order)} ids have no predicted image "
+                          f"(first: {missing[0]!r}); predict the competition's test images")
+    if len(header) == 2:
+        return header, [[ident, rows[index.get(ident, index.get(Path(ident).stem))][0][1]] for ident in order]
+    import csv
+
+    with open(popts["sample_submission"], newline="", encoding="utf-8") as fh:
+        sample = [r for r in csv.reader(fh)][1:]
+    table = []
+    for r in sample:
+        by_class = dict(rows[index.get(r[0], index.get(Path(r[0]).stem))])
+        if r[1] not in by_class:
+            raise ConfigError(f"--sample-submission: class {r[1]!r} is not one of the model's classes "
+                              f"({', '.join(by_class)}); check the ClassId column")
+        table.append([r[0], r[1], by_class[r[1]]])
+    return header, table
