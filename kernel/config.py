@@ -19,7 +19,7 @@ from .cli import field_choices, parser_from_dataclass
 from .options import ONE_SHOTS, Options, PredictOptions
 from .registry import ConfigError, did_you_mean
 
-__all__ = ["build_parser", "parse_options", "parse_img_size", "load_config_file", "check_values", "save_config", "options_to_dict",
+__all__ = ["build_parser", "parse_options", "parse_img_size", "parse_count", "load_config_file", "check_values", "save_config", "options_to_dict",
            "check_predict_spec", "check_predict_ranges"]
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Options)}
@@ -125,11 +125,24 @@ def parse_img_size(value: Any) -> Any:
     return sizes[0] if len(sizes) == 1 or sizes[0] == sizes[1] else sizes
 
 
+def parse_count(value: Any, option: str, minimum: int) -> Any:
+    """``auto`` or a whole number >= ``minimum`` (from a flag's string or a file's int)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"--{option} {value!r}: give a whole number or auto") from None
+    if n < minimum or isinstance(value, bool):
+        raise ConfigError(f"--{option} must be >= {minimum} (or auto), got {value!r}")
+    return n
+
+
 def _check_ranges(o: Options) -> None:
     for name in ("epochs", "batch_size", "accum_steps", "in_chans"):
         if getattr(o, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(o, name)}")
-    for name in ("workers", "warmup_epochs", "warmup_steps", "early_stop", "unfreeze_at", "show_aug", "plot_every"):
+    for name in ("warmup_epochs", "warmup_steps", "early_stop", "unfreeze_at", "show_aug", "plot_every"):
         if getattr(o, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(o, name)}")
     if not 0.0 <= o.val_split < 1.0:
@@ -157,6 +170,8 @@ def parse_options(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str
     values.update(flags)
     opts = Options(**values)
     opts.img_size = parse_img_size(opts.img_size)
+    opts.workers = parse_count(opts.workers, "workers", minimum=0)
+    opts.devices = parse_count(opts.devices, "devices", minimum=1)
     _check_ranges(opts)
     if opts.predict not in (None, False):  # a typo in the predict: section must fail now, not after training
         check_predict_spec(opts.predict)

@@ -79,8 +79,14 @@ class Options:
     resume: str = _opt("", "checkpoint to continue from: PATH to last.pt, or 'auto' for this run's newest")
     seed: int = _opt(42, "random seed for data split, shuffling, augmentation and init")
     device: str = _opt("auto", "compute device ('--cuda' is the same as '--device cuda')", choices=DEVICES)
-    workers: int = _opt(2, "DataLoader worker processes")
-    deterministic: bool = _opt(False, "deterministic algorithms, for bit-identical resumes")
+    devices: str = _opt("auto", "processes, one per device: auto (every visible GPU; 1 on CPU) or a number N")
+    sync_bn: bool = _opt(False, "with several devices, BatchNorm statistics over every device's batch (SyncBatchNorm)")
+    workers: Any = _opt("auto", "DataLoader worker processes per device: a number, or auto (from the CPU count)")
+    deterministic: bool = _opt(False, "deterministic algorithms (cuDNN, cuBLAS), for bit-identical resumes on GPUs")
+    time_limit: str = _opt("auto", "stop cleanly (last.pt saved, predict: run) before this duration since the "
+                                   "process started: 11h30m, 90m, 45s; auto: 11h30m on Kaggle, none elsewhere")
+    save_every: str = _opt("auto", "also save last.pt inside epochs at this interval (e.g. 30m); auto: 30m on Kaggle "
+                                   "and Colab, none elsewhere")
     dry_run: bool = _opt(False, "a few batches of training and validation on a tiny subset, to debug")
     log_every: int = _opt(20, "batches between progress lines when not on a terminal")
     plot_every: float = _opt(60.0, "seconds between redraws of the run's pictures (0: every epoch; always at the end)")

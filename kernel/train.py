@@ -1,7 +1,8 @@
 """Train an image model: ``python -m kernel.train [options]`` (or ``python kernel/train.py``).
 
 This module only wires the stages of :mod:`kernel.run` together: options -> prepare (data, model,
-optimization) -> resume -> fit -> finish, or one of the one-shot commands. See ``--help``.
+optimization) -> resume -> fit -> finish, one of the one-shot commands, or one process per device
+(:mod:`kernel.run.launch`; under ``torchrun`` this process joins the group). See ``--help``.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ if __name__ == "__main__" and not __package__:  # `python kernel/train.py`: run 
 
     run_file(__file__)
 
+import dataclasses
 import logging
 import sys
 import time
@@ -23,15 +25,19 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 from .cli import one_line
-from .engine import write_classes_json
-from .data import REPORT
 from .config import parse_options, save_config
+from .data import REPORT, collect_inputs
+from .engine import write_classes_json
+from .engine.distributed import barrier, destroy, init_from_env, self_test, world
 from .options import Options
 from .paths import remove_leftovers
 from .registry import ConfigError
 from .report import EpochReporter, attach_log_file, close_logging, setup_logging
-from .run import (ONE_SHOTS, effective_options, finish, fit, input_shape, prepare, repair_best, requested,
-                  resume_state, seed_everything)
+from .run import (ONE_SHOTS, effective_options, finish, fit, input_shape, prepare, requested, resume_state,
+                  seed_everything)
+from .run.budget import StopControl, StopSignals, process_start, resolve_durations
+from .run.checkpoints import carry_over, repair_best
+from .run.launch import devices_wanted, in_torchrun, launch
 
 __all__ = ["main", "run"]
 
@@ -45,21 +51,34 @@ def run(opts: Options) -> Dict[str, Any]:
     p = prepare(opts)
     state = resume_state(p)
     predict_spec = _check_predict_section(opts)
-    attach_log_file(p.run_dir)  # from here on the run folder is ours to write
-    _tidy_run_dir(p.run_dir, fresh=state.resumed_from is None)
-    repair_best(p, state)
-    save_config(opts, p.run_dir / "config.yaml")
-    write_classes_json(p.split.classes, p.run_dir / "classes.json")
+    if world().main:
+        attach_log_file(p.run_dir)  # from here on the run folder is ours to write
+        _tidy_run_dir(p.run_dir, fresh=state.resumed_from is None)
+        carry_over(p, state)
+        repair_best(p, state)
+        save_config(opts, p.run_dir / "config.yaml")
+        write_classes_json(p.split.classes, p.run_dir / "classes.json")
     reporter = EpochReporter(p.run_dir, task=p.task, split=p.split, dcfg=p.dcfg, monitor=opts.monitor,
-                             val_dataset=p.val_loader.dataset, tensorboard=opts.tensorboard,
+                             val_dataset=p.val_loader.dataset, tensorboard=opts.tensorboard and world().main,
                              start_epoch=state.start_epoch, every=opts.plot_every)
-    reporter.on_train_start(p.model, input_shape(p), p.device)
-    state = fit(p, state, reporter)
-    reporter.on_train_end()
+    n_predict = len(collect_inputs(predict_spec["inputs"])) if predict_spec else 0
+    with StopSignals() as signals:
+        control = StopControl(**resolve_durations(opts.time_limit, opts.save_every), signals=signals,
+                              start=process_start(), predict_reserve=lambda: 0.0)
+        control.predict_reserve = lambda: n_predict * control.val_time / max(len(p.split.val), 1)
+        if state.start_epoch > opts.epochs:
+            log.info("training already complete (epoch %d of %d): nothing to train", state.last_epoch, opts.epochs)
+        else:
+            if world().main:
+                reporter.on_train_start(p.model, input_shape(p), p.device)
+            state = fit(p, state, reporter, control)
+        reporter.on_train_end()
     summary = finish(p, state, time.time() - start)
-    if predict_spec is not None and (p.run_dir / "best.pt").is_file():
+    summary["exit_code"] = StopSignals.CODES.get(signals.received, 0) if state.stopped == "signal" else 0
+    if predict_spec is not None and state.stopped != "signal" and world().main and (p.run_dir / "best.pt").is_file():
         from .predict import predict_after_training
         summary["predict"] = predict_after_training(predict_spec, p.run_dir, opts)
+    barrier()  # the processes leave together: none is ended while rank 0 is still writing
     return summary
 
 
@@ -80,18 +99,41 @@ def _check_predict_section(opts: Options) -> Optional[Dict[str, Any]]:
     return resolve_predict_section(opts.predict)
 
 
+def in_group(payload: Dict[str, Any]) -> int:
+    """One process of a multi-process run (spawned by :func:`kernel.run.launch.launch`, or by torchrun):
+    join the group, check it, train; errors propagate (the launcher prints them once)."""
+    opts = parse_options(payload["argv"], payload.get("baked"))
+    device = torch.device("cuda" if opts.device != "cpu" and torch.cuda.is_available() else "cpu")
+    w = init_from_env(device.type)
+    setup_logging(logging.INFO if w.main else logging.WARNING)
+    try:
+        if device.type == "cuda":
+            device = torch.device("cuda", w.local_rank)
+        self_test(device)
+        log.info("process group of %d (%s); global batch %d", w.size, "nccl" if device.type == "cuda" else "gloo",
+                 w.size * opts.batch_size)
+        return run(opts)["exit_code"]
+    finally:
+        close_logging()
+        destroy()
+
+
 def main(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str, Any]] = None) -> int:
-    """Command-line entry: 0 on success, 2 on a user error (one line, no traceback)."""
+    """Command-line entry: 0 on success, 2 on a user error (one line, no traceback); 143/130 after a signal."""
+    if in_torchrun():  # started by torchrun (several machines): join its group
+        return in_group({"argv": list(sys.argv[1:] if argv is None else argv), "baked": baked})
     setup_logging()
     try:
         opts = parse_options(argv, baked)
         shot = requested(opts)
-        if shot is None:
-            run(opts)
-            return 0
-        eff = effective_options(opts)
-        seed_everything(eff.seed, eff.deterministic)
-        return ONE_SHOTS[shot](eff).get("exit_code", 0)
+        if shot is not None:
+            eff = effective_options(opts)
+            seed_everything(eff.seed, eff.deterministic)
+            return ONE_SHOTS[shot](eff).get("exit_code", 0)
+        n = devices_wanted(opts.devices, opts.device)
+        if n > 1:
+            return launch(opts, n, in_group, lambda: run(dataclasses.replace(opts, devices=1))["exit_code"])
+        return run(opts)["exit_code"]
     except ConfigError as e:
         log.error("%s", one_line(e), extra={"console": False})  # into train.log when it is open
         print(f"error: {one_line(e)}", file=sys.stderr)

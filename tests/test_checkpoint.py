@@ -61,12 +61,13 @@ def test_checkpoint_schema_round_trip_and_refusals(tmp_path):
                            best_epoch=1, history=[{"epoch": 1}], optimizer=opt)
     save_checkpoint(ckpt, tmp_path / "last.pt")
     back = read_checkpoint(tmp_path / "last.pt")
-    assert back["format"] == 2 and back["epoch"] == 2 and list(back["model"]) == ["weight", "bias"]
-    # Format 1 (kernel 0.1.0) is read as format 2.
+    assert back["format"] == 3 and back["epoch"] == 2 and list(back["model"]) == ["weight", "bias"]
+    assert back["position"] == {"epoch": 2, "batch": 0, "partial": None} and back["world_size"] == 1
+    # Format 1 (kernel 0.1.0) is read as format 3, at the end of its last epoch.
     save_checkpoint({"model": model.state_dict(), "classes": ["a"], "multilabel": True, "epoch": 1,
                      "options": {}}, tmp_path / "v1.pt")
     v1 = read_checkpoint(tmp_path / "v1.pt")
-    assert v1["task"] == "classify" and v1["meta"] == {"multilabel": True}
+    assert v1["task"] == "classify" and v1["meta"] == {"multilabel": True} and v1["position"]["epoch"] == 1
     save_checkpoint({**ckpt, "format": 99}, tmp_path / "future.pt")
     with pytest.raises(ConfigError, match="newer than this bundle"):
         read_checkpoint(tmp_path / "future.pt")

@@ -8,6 +8,7 @@ from .guard import BAD_IMAGES, REPORT, ReadGuard, read_report
 from .images import DEFAULT_DATA_CONFIG, IMAGE_EXTENSIONS, fit_channel_stats, is_image_file, load_image
 from .inputs import collect_inputs
 from .loader import ImageList, TransformedDataset, build_loader
+from .sampler import EpochSampler, sample_seed
 from .shapes import SHAPE_CLASSES, ShapesSource, draw_shape, write_shapes
 from .sources import CsvSource, FolderSource, Subset, match_image_ids, read_csv_rows
 from .split import DataSplit, build_sources, stratified_split
@@ -16,5 +17,5 @@ __all__ = [
     "IMAGE_EXTENSIONS", "DEFAULT_DATA_CONFIG", "is_image_file", "load_image", "fit_channel_stats", "collect_inputs", "ImageList",
     "TransformedDataset", "build_loader", "SHAPE_CLASSES", "ShapesSource", "draw_shape", "write_shapes",
     "CsvSource", "FolderSource", "Subset", "match_image_ids", "read_csv_rows", "DataSplit", "build_sources",
-    "stratified_split", "BAD_IMAGES", "REPORT", "ReadGuard", "read_report",
+    "stratified_split", "BAD_IMAGES", "REPORT", "ReadGuard", "read_report", "EpochSampler", "sample_seed",
 ]

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..registry import ConfigError
 from .guard import ReadGuard
 from .images import load_image
+from .sampler import sample_seed
 
 __all__ = ["TransformedDataset", "ImageList", "build_loader"]
 
@@ -29,22 +30,34 @@ class TransformedDataset(Dataset):
     """
 
     def __init__(self, source: Any, transform: Callable, with_mask: bool = False, guard: Optional[ReadGuard] = None,
-                 mask_target: Optional[Callable] = None):
+                 mask_target: Optional[Callable] = None, seed: Optional[int] = None):
         self.source, self.transform, self.with_mask, self.guard = source, transform, with_mask, guard
-        self.mask_target = mask_target
+        self.mask_target, self.seed = mask_target, seed
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def transformed(self, i: int) -> Tuple[torch.Tensor, Any, Optional[torch.Tensor]]:
-        """(image tensor, the source's target, augmented mask or None) of sample ``i``."""
+    def transformed(self, key: Any) -> Tuple[torch.Tensor, Any, Optional[torch.Tensor]]:
+        """(image tensor, the source's target, augmented mask or None) of sample ``key``: an index, or the
+        ``(epoch, index)`` of an :class:`~kernel.data.sampler.EpochSampler`.
+
+        With ``seed``, the augmentation draws from torch's RNG seeded by (seed, epoch, index) and the
+        caller's RNG is left as it was: the same sample is augmented the same way in any worker, process
+        or resumed run.
+        """
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         image, target, mask = self.guard.read(self.source, i) if self.guard is not None else self.source[i]
         use_mask = self.with_mask or self.mask_target is not None
-        image, mask = self.transform(image, mask if use_mask else None)
+        if self.seed is None:
+            image, mask = self.transform(image, mask if use_mask else None)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, i))
+                image, mask = self.transform(image, mask if use_mask else None)
         return image, target, mask
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, Any]:
-        image, target, mask = self.transformed(i)
+    def __getitem__(self, key: Any) -> Tuple[torch.Tensor, Any]:
+        image, target, mask = self.transformed(key)
         if self.mask_target is not None:
             return image, self.mask_target(mask)
         return (image, target, mask) if self.with_mask else (image, target)
@@ -67,17 +80,11 @@ class ImageList(Dataset):
         return self.transform(image, None)[0], i
 
 
-def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int, device: torch.device,
-                 generator: Optional[torch.Generator] = None, worker_init_fn: Optional[Callable] = None,
+def build_loader(dataset: Dataset, *, batch_size: int, workers: int, device: torch.device,
+                 sampler: Optional[Sampler] = None, worker_init_fn: Optional[Callable] = None,
                  persistent: bool = True) -> DataLoader:
-    """A DataLoader with the usual care: pin_memory on CUDA, drop_last for training.
-
-    ``generator`` drives the shuffle and each worker's base seed; reseed it per epoch (and use
-    ``persistent=False``) for runs that repeat exactly, resumed ones included.
-    """
+    """A DataLoader with the usual care: pin_memory on CUDA; the order from ``sampler`` (training and
+    validation: an :class:`~kernel.data.sampler.EpochSampler`) or the dataset's (prediction)."""
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
-        pin_memory=device.type == "cuda", drop_last=train and len(dataset) > batch_size,
-        persistent_workers=persistent and workers > 0, worker_init_fn=worker_init_fn,
-        generator=generator,
-    )
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=persistent and workers > 0, worker_init_fn=worker_init_fn)

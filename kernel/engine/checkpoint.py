@@ -9,12 +9,15 @@ folder, then moved with ``os.replace``, so a run killed mid-write never leaves a
     task, classes, meta      what was learned: task name, class names, task facts (e.g. multilabel)
     options                  the run's resolved options (a dict)
     model                    the unwrapped model's state_dict (no ``module.``/``_orig_mod.`` prefixes)
-    optimizer, schedule,     training state for an exact resume (``scaler`` None without fp16)
-    scaler, rng
+    optimizer, schedule,     training state for an exact resume (``scaler`` None without fp16); ``rng``
+    scaler, rng, rng_ranks   this process's RNG states, ``rng_ranks`` every process's (a list, rank order)
     epoch, best_metric,      progress: last finished epoch, best monitored value and its epoch,
     best_epoch, history      one metrics row per epoch
+    position, world_size     where training stands: {"epoch": the epoch in progress, "batch": its batches
+                             done (0: at its start), "partial": each process's sums so far}; processes
 
-Format 1 (kernel 0.1.0: no ``format``/``task``, ``multilabel`` at the top) is read as format 2.
+Formats 1 (kernel 0.1.0: no ``format``/``task``, ``multilabel`` at the top) and 2 (no ``position``) are
+read as format 3, positioned at the end of their last epoch.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from ..registry import ConfigError
 __all__ = ["FORMAT", "unwrap_model", "make_checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint",
            "load_trained", "rng_state", "set_rng_state", "export_safetensors", "write_classes_json"]
 
-FORMAT = 2
+FORMAT = 3
 _REQUIRED = ("model", "task", "classes", "meta", "options")
 
 
@@ -105,14 +108,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def make_checkpoint(*, model: nn.Module, task: str, classes: List[str], meta: Dict[str, Any],
                     options: Dict[str, Any], epoch: int, best_metric: Optional[float], best_epoch: int,
                     history: List[Dict[str, Any]], optimizer: Any = None, schedule: Any = None,
-                    scaler: Any = None) -> Dict[str, Any]:
+                    scaler: Any = None, position: Optional[Dict[str, Any]] = None,
+                    rng_ranks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     """The checkpoint dict of the schema above (with the current RNG states), from the unwrapped model."""
+    rng = rng_state()
+    ranks = rng_ranks or [rng]
     return {"format": FORMAT, "version": __version__, "task": task, "classes": list(classes), "meta": dict(meta),
             "options": dict(options), "model": unwrap_model(model).state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "schedule": schedule.state_dict() if schedule is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
-            "epoch": int(epoch), "best_metric": best_metric, "best_epoch": int(best_epoch), "history": list(history)}
+            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng, "rng_ranks": ranks,
+            "epoch": int(epoch), "best_metric": best_metric, "best_epoch": int(best_epoch), "history": list(history),
+            "position": dict(position or {"epoch": int(epoch), "batch": 0, "partial": None}),
+            "world_size": len(ranks)}
 
 
 def read_checkpoint(path: str | os.PathLike, option: str = "checkpoint") -> Dict[str, Any]:
@@ -123,7 +131,11 @@ def read_checkpoint(path: str | os.PathLike, option: str = "checkpoint") -> Dict
     where = f"--{option}: {str(path)!r}"
     ckpt = load_tensors(path, option)
     if isinstance(ckpt, dict) and "format" not in ckpt and "model" in ckpt and "classes" in ckpt:
-        ckpt = {**ckpt, "format": FORMAT, "task": "classify", "meta": {"multilabel": bool(ckpt.get("multilabel"))}}
+        ckpt = {**ckpt, "format": 2, "task": "classify", "meta": {"multilabel": bool(ckpt.get("multilabel"))}}
+    if isinstance(ckpt, dict) and ckpt.get("format") == 2:
+        ckpt = {**ckpt, "format": FORMAT, "position": {"epoch": int(ckpt.get("epoch", 0)), "batch": 0,
+                                                        "partial": None},
+                "rng_ranks": [ckpt["rng"]] if "rng" in ckpt else None, "world_size": 1}
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
         raise ConfigError(f"{where} is not a kernel.train checkpoint (it has no model/task/classes); give a best.pt "
                           "or last.pt from a run folder")

@@ -1,11 +1,13 @@
-"""A training run in stages: :mod:`.prepare` (options -> data -> model -> optimization),
-:mod:`.fit` (resume, the epoch loop, the summary) and :mod:`.oneshots` (commands that look and exit).
-``kernel.train`` wires them together.
+"""A training run in stages: :mod:`.prepare` (options -> data -> model -> optimization), :mod:`.checkpoints`
+(where a run stands, resuming, saving), :mod:`.fit` (the epoch loop, the summary), :mod:`.budget` (time limit,
+mid-epoch saves, signals), :mod:`.launch` (one process per device), :mod:`.oneshots` (commands that look and exit)
+and :mod:`.lr_find` (the learning-rate range test). ``kernel.train`` wires them together.
 """
-from .fit import FitState, epoch_seed, finish, fit, input_shape, repair_best, resume_path, resume_state
+from .checkpoints import FitState, carry_over, repair_best, resume_path, resume_state
+from .fit import finish, fit, input_shape
 from .oneshots import ONE_SHOTS, requested
 from .prepare import DRY_RUN, Prepared, backbone_frozen, effective_options, prepare, run_dir_of, seed_everything
 
-__all__ = ["FitState", "epoch_seed", "finish", "fit", "input_shape", "repair_best", "resume_path", "resume_state", "ONE_SHOTS",
-           "requested", "DRY_RUN", "Prepared", "backbone_frozen", "effective_options", "prepare", "run_dir_of",
-           "seed_everything"]
+__all__ = ["FitState", "carry_over", "repair_best", "resume_path", "resume_state", "finish", "fit", "input_shape",
+           "ONE_SHOTS", "requested", "DRY_RUN", "Prepared", "backbone_frozen", "effective_options", "prepare",
+           "run_dir_of", "seed_everything"]

@@ -85,7 +85,7 @@ def _check_data(opts: Options) -> Dict[str, Any]:
     report.unlink(missing_ok=True)  # this check's findings only
     guard = ReadGuard("skip", str(report), limit=1.0, what="--check-data")
     for source in (split.train, split.val):
-        loader = build_loader(_ReadOnly(source, guard), batch_size=64, train=False, workers=opts.workers,
+        loader = build_loader(_ReadOnly(source, guard), batch_size=64, workers=opts.workers,
                               device=resolve_device("cpu"), worker_init_fn=seed_worker, persistent=False)
         for _ in loader:
             pass

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ..augment import seed_worker
-from ..data import REPORT, DataSplit, ReadGuard, Subset, TransformedDataset, build_loader
+from ..data import REPORT, DataSplit, EpochSampler, ReadGuard, Subset, TransformedDataset, build_loader
 from ..engine import create_optimizer, make_scaler, param_groups, resolve_amp_dtype, resolve_device
+from ..engine.distributed import world
 from ..losses import create_loss
 from ..models import model_summary, set_backbone_frozen
 from ..options import Options
@@ -49,17 +50,18 @@ class Prepared:
     run_dir: Path
     split: DataSplit
     model: nn.Module            # the plain model, on the device
-    train_model: nn.Module      # what the loop calls: the model, or its torch.compile wrapper
+    train_model: Optional[nn.Module]  # what the loop calls: the model in DDP and/or torch.compile (fit builds it)
     dcfg: Dict[str, Any]        # input size, mean/std, interpolation, crop
     train_loader: Any
     val_loader: Any
-    generator: torch.Generator  # drives the shuffle and the workers' seeds; reseeded every epoch
+    train_sampler: EpochSampler  # the epoch's order; set_epoch(epoch, batches already done) before each
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
     steps_per_epoch: int
     amp_dtype: Optional[torch.dtype]
     scaler: Optional[torch.amp.GradScaler]
+    frozen: Optional[bool] = None  # the backbone's state when train_model was built
 
 
 
@@ -74,7 +76,7 @@ def backbone_frozen(opts: Options, epoch: int) -> bool:
 
 
 def effective_options(opts: Options) -> Options:
-    """A copy of ``opts`` as the run uses them: dry-run limits applied, ``auto`` task and monitor resolved.
+    """A copy of ``opts`` as the run uses them: dry-run limits applied, ``auto`` task, monitor and workers resolved.
 
     The caller's object is never changed; the copy is what ``config.yaml`` and checkpoints record.
     """
@@ -88,6 +90,9 @@ def effective_options(opts: Options) -> Options:
                           "one size (height and width are for --task segment)")
     if opts.dry_run:
         changes.update(epochs=min(opts.epochs, DRY_RUN["epochs"]), batch_size=min(opts.batch_size, DRY_RUN["batch_size"]))
+    if opts.workers == "auto":
+        from .launch import auto_workers, devices_wanted
+        changes["workers"] = auto_workers(world().size if world().size > 1 else devices_wanted(opts.devices, opts.device))
     monitor = task.monitors[0] if opts.monitor == "auto" else opts.monitor
     if monitor not in task.monitors:
         raise ConfigError(f"--monitor {monitor}: not a metric of --task {task.name}; use one of "
@@ -154,19 +159,24 @@ def read_guard(opts: Options) -> ReadGuard:
 
 
 def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str, Any],
-                    device: torch.device) -> Tuple[Any, Any, torch.Generator]:
-    """(train loader, validation loader, the generator that seeds the training shuffle)."""
+                    device: torch.device) -> Tuple[Any, Any, EpochSampler]:
+    """(train loader, validation loader, the training sampler): this process's share of the data.
+
+    The order depends only on (seed, epoch) and each sample's augmentation on (seed, epoch, index), so
+    the result is the same for any worker count, process count or resume point.
+    """
     def dataset(source: Any, train: bool) -> TransformedDataset:
         return TransformedDataset(source, task.transform(opts, dcfg, train=train), guard=read_guard(opts),
-                                  mask_target=task.target(split))
+                                  mask_target=task.target(split), seed=opts.seed if train else None)
 
-    generator = torch.Generator()
-    train = build_loader(dataset(split.train, True), batch_size=opts.batch_size, train=True, workers=opts.workers,
-                         device=device, generator=generator, worker_init_fn=seed_worker,
-                         persistent=not opts.deterministic)
-    val = build_loader(dataset(split.val, False), batch_size=opts.batch_size, train=False, workers=opts.workers,
-                       device=device, worker_init_fn=seed_worker)
-    return train, val, generator
+    w = world()
+    samplers = [EpochSampler(len(source), seed=opts.seed, shuffle=train, batch_size=opts.batch_size,
+                             drop_last=train, rank=w.rank, world=w.size) for source, train in ((split.train, True),
+                                                                                            (split.val, False))]
+    loaders = [build_loader(dataset(source, train), batch_size=opts.batch_size, workers=opts.workers, device=device,
+                            sampler=sampler, worker_init_fn=seed_worker)
+               for (source, train), sampler in zip(((split.train, True), (split.val, False)), samplers)]
+    return loaders[0], loaders[1], samplers[0]
 
 
 def prepare_optimization(opts: Options, task: Task, split: DataSplit, model: nn.Module,
@@ -201,16 +211,19 @@ def prepare(opts: Options) -> Prepared:
              task.name)
     split = prepare_data(opts, task)
     model, dcfg = prepare_model(opts, task, split)
-    train_loader, val_loader, generator = prepare_loaders(opts, task, split, dcfg, device)
+    train_loader, val_loader, sampler = prepare_loaders(opts, task, split, dcfg, device)
     loss_fn, optimizer, schedule, spe = prepare_optimization(opts, task, split, model, len(train_loader))
     amp_dtype = resolve_amp_dtype(device, opts.amp, opts.amp_dtype)
     scaler = make_scaler(device, amp_dtype)
+    if opts.sync_bn and world().size > 1:
+        if device.type != "cuda":
+            raise ConfigError("--sync-bn: SyncBatchNorm runs on GPUs only; drop it on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     loss_fn.to(device)
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_model = torch.compile(model) if opts.compile else model
     return Prepared(opts=opts, task=task, device=device, run_dir=run_dir_of(opts), split=split, model=model,
-                    train_model=train_model, dcfg=dcfg, train_loader=train_loader, val_loader=val_loader,
-                    generator=generator, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
+                    train_model=None, dcfg=dcfg, train_loader=train_loader, val_loader=val_loader,
+                    train_sampler=sampler, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
                     steps_per_epoch=spe, amp_dtype=amp_dtype, scaler=scaler)

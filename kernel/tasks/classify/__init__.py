@@ -123,7 +123,7 @@ def predict_probs(model: nn.Module, transform: Callable, paths: Sequence[str], *
                   device: torch.device, batch_size: int, workers: int, amp: bool, tta: bool) -> torch.Tensor:
     """Probabilities (N, C) for ``paths``: softmax, or sigmoid for multi-label; ``tta`` averages a flip."""
     dtype = resolve_amp_dtype(device, amp)
-    loader = build_loader(ImageList(paths, transform, in_chans), batch_size=batch_size, train=False,
+    loader = build_loader(ImageList(paths, transform, in_chans), batch_size=batch_size,
                           workers=workers, device=device, persistent=False)  # one pass: no workers kept
     act = torch.sigmoid if multilabel else (lambda z: z.softmax(dim=1))
     out = []

@@ -33,39 +33,72 @@ class ClassifyMeter:
     """Top-1 (and top-5 with more than 5 single-label classes) accuracy in % over a pass.
 
     ``keep_outputs``: ``compute()`` also returns ``probs`` (N, C) (softmax, or sigmoid for
-    multi-hot targets) and ``targets``, moved to the CPU once at the end.
+    multi-hot targets) and ``targets``, moved to the CPU once at the end; in a multi-process run
+    :meth:`sync` puts every process's outputs back in dataset order (process r holds r, r + P, ...).
     """
 
     def __init__(self, keep_outputs: bool = False):
         self.keep_outputs = keep_outputs
-        self.correct1 = self.correct5 = None
-        self.seen, self.num_classes, self.multilabel = 0, 0, False
+        self._sums = {"correct1": torch.zeros(()), "correct5": torch.zeros(()), "seen": torch.zeros(())}
+        self.num_classes, self.multilabel = 0, False
         self.probs: List[torch.Tensor] = []
         self.targets: List[torch.Tensor] = []
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        if self.correct1 is None:
-            self.correct1 = torch.zeros((), device=logits.device)
-            self.correct5 = torch.zeros((), device=logits.device)
+        if self._sums["seen"].device != logits.device:
+            self._sums = {k: v.to(logits.device) for k, v in self._sums.items()}
         self.num_classes, self.multilabel = logits.shape[1], targets.ndim == 2
-        self.correct1 += accuracy(logits, targets, 1)
+        self._sums["correct1"] += accuracy(logits, targets, 1)
         if self.num_classes > 5 and not self.multilabel:
-            self.correct5 += accuracy(logits, targets, 5)
-        self.seen += logits.shape[0]
+            self._sums["correct5"] += accuracy(logits, targets, 5)
+        self._sums["seen"] += logits.shape[0]
         if self.keep_outputs:
             logits = logits.float()
             self.probs.append(torch.sigmoid(logits) if self.multilabel else logits.softmax(dim=1))
             self.targets.append(targets)
 
-    def compute(self) -> Dict[str, Any]:
-        n = max(self.seen, 1)
-        out: Dict[str, Any] = {"acc1": 0.0 if self.correct1 is None else (self.correct1 / n).item() * 100}
-        if self.num_classes > 5 and not self.multilabel:
-            out["acc5"] = (self.correct5 / n).item() * 100
+    def state(self) -> Dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self._sums.items()}
+
+    def load_state(self, state: Dict[str, torch.Tensor]) -> None:
+        self._sums = {k: state[k].detach().clone().float() for k in self._sums}
+
+    def sync(self) -> None:
+        """Sum the counts over the processes; gather the kept outputs in dataset order."""
+        from ...engine.distributed import all_reduce_sum, gather_objects
+
+        self.load_state({k: all_reduce_sum(v.clone()) for k, v in self._sums.items()})
+        info = gather_objects((self.num_classes, self.multilabel))
+        self.num_classes, self.multilabel = max(c for c, _ in info), any(m for _, m in info)
         if self.keep_outputs:
-            out["probs"] = torch.cat(self.probs).cpu() if self.probs else torch.zeros(0, self.num_classes)
-            out["targets"] = torch.cat(self.targets).cpu() if self.targets else torch.zeros(0, dtype=torch.long)
+            parts = gather_objects((_cat(self.probs).cpu(), _cat(self.targets).cpu()))
+            self.probs, self.targets = [_interleave([p for p, _ in parts])], [_interleave([t for _, t in parts])]
+
+    def compute(self) -> Dict[str, Any]:
+        n = max(float(self._sums["seen"]), 1.0)
+        out: Dict[str, Any] = {"acc1": float(self._sums["correct1"]) / n * 100}
+        if self.num_classes > 5 and not self.multilabel:
+            out["acc5"] = float(self._sums["correct5"]) / n * 100
+        if self.keep_outputs:
+            out["probs"] = _cat(self.probs).cpu() if self.probs else torch.zeros(0, self.num_classes)
+            out["targets"] = _cat(self.targets).cpu() if self.targets else torch.zeros(0, dtype=torch.long)
         return out
+
+
+def _cat(parts: List[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _interleave(parts: List[torch.Tensor]) -> torch.Tensor:
+    """Process r's rows are dataset rows r, r + P, r + 2P...: put them back in dataset order."""
+    filled = [p for p in parts if p.numel()]
+    if not filled:
+        return torch.zeros(0)
+    out = filled[0].new_empty((sum(len(p) for p in parts), *filled[0].shape[1:]))
+    for r, p in enumerate(parts):
+        if len(p):
+            out[r::len(parts)] = p
+    return out
 
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:

@@ -282,6 +282,22 @@ class SegMeter:
                               "pass a SegMeter.state() of a meter with the same mode and num_classes")
         self._state = {key: value.detach().clone().to(self._state[key].dtype) for key, value in state.items()}
 
+    def sync(self) -> None:
+        """Sum the counts over the processes; keep the worst images of all of them (global indices: process
+        r's i-th image is dataset image r + i * P)."""
+        from ...engine.distributed import all_reduce_sum, gather_objects, world
+
+        self.load_state({k: all_reduce_sum(v.clone()) for k, v in self._state.items()})
+        if self.keep_worst:
+            w = world()
+            parts = gather_objects(None if self._worst is None else tuple(t.cpu() for t in self._worst))
+            merged = [(iou, w.size * idx + r, pred) for r, part in enumerate(parts) if part is not None
+                      for iou, idx, pred in [part]]
+            if merged:
+                iou, idx, pred = (torch.cat([m[k] for m in merged]) for k in range(3))
+                order = torch.topk(iou, min(self.keep_worst, len(iou)), largest=False).indices
+                self._worst = (iou[order], idx[order], pred[order])
+
     def compute(self) -> Dict[str, object]:
         """Metrics over everything accumulated: floats miou, mdice, image_miou, pixel_acc; per_class
         (lists iou, dice, precision, recall, support); confusion (C, C) int64 CPU (not multilabel);

@@ -40,7 +40,7 @@ def predict_logits(trained: Any, paths: Sequence[str], *, device: torch.device, 
     """(index, logits (C, H0, W0) float32 on the CPU) per image, at the image's own size H0 x W0."""
     dtype = resolve_amp_dtype(device, amp)
     loader = build_loader(ImageList(paths, trained.transform, trained.in_chans), batch_size=batch_size,
-                          train=False, workers=workers, device=device, persistent=False)
+                          workers=workers, device=device, persistent=False)
     for images, index in loader:
         images = images.to(device, non_blocking=device.type == "cuda")
         with autocast(device, dtype):

@@ -1,0 +1,140 @@
+"""Distributed data parallel in one place: the process group, the all-reduce self-test, sums and gathers.
+
+A run with several processes (``--devices N`` or ``torchrun``) has one process per device; rank 0 alone
+writes files. NCCL joins GPUs, gloo CPUs (so the whole path runs in the tests). Every helper here is a
+no-op in a single-process run, so the loop and the meters call them unconditionally.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, List
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..registry import ConfigError
+
+__all__ = ["World", "world", "init_from_env", "self_test", "SelfTestFailed", "all_reduce_sum", "all_reduce_max",
+           "gather_objects", "broadcast_object", "barrier", "wrap_ddp", "destroy", "SELF_TEST_FAILED_EXIT"]
+
+log = logging.getLogger("kernel")
+SELF_TEST_FAILED_EXIT = 75  # a worker's exit status when the all-reduce self-test failed: the launcher falls back
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run: rank, world size, local rank (its device index on the machine)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """The running process group's shape, or a single process when none is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return World()
+
+
+class SelfTestFailed(RuntimeError):
+    """The first all-reduce did not come back in time (e.g. NCCL peer-to-peer hangs between Kaggle's T4s)."""
+
+
+def init_from_env(device_type: str, timeout_s: float = 120.0) -> World:
+    """Join the process group described by the environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT: torchrun's).
+
+    NCCL for CUDA, gloo otherwise. On Kaggle, NCCL's peer-to-peer path between the two T4s is known to
+    hang at start-up: ``NCCL_P2P_DISABLE=1`` is set unless the user set it.
+    """
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") and device_type == "cuda":
+        os.environ.setdefault("NCCL_P2P_DISABLE", "1")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return world()
+
+
+def self_test(device: torch.device, timeout_s: float = 30.0) -> None:
+    """All-reduce a tensor of ones across the group; raise :class:`SelfTestFailed` when it hangs or is wrong."""
+    if os.environ.get("KERNEL_TEST_SELFTEST_FAIL"):  # tests: the failure path, without a real hang
+        raise SelfTestFailed("the self-test was made to fail (KERNEL_TEST_SELFTEST_FAIL)")
+    t = torch.ones(1, device=device)
+    work = dist.all_reduce(t, async_op=True)
+    try:
+        done = work.wait(timeout=datetime.timedelta(seconds=timeout_s))
+    except RuntimeError as e:  # the backend's own timeout
+        raise SelfTestFailed(f"the all-reduce self-test failed ({' '.join(str(e).split())[:120]})") from None
+    if done is False or int(t.item()) != world().size:
+        raise SelfTestFailed(f"the all-reduce self-test gave {t.item()} instead of {world().size}")
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over every process (in place; returns it); unchanged in a single process."""
+    if world().size > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(value: float) -> float:
+    """The largest ``value`` of any process: the processes agree on a decision (e.g. to stop now)."""
+    if world().size == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def gather_objects(obj: Any) -> List[Any]:
+    """Every process's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if world().size == 1:
+        return [obj]
+    out: List[Any] = [None] * world().size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process."""
+    if world().size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world().size > 1:
+        dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel (in a multi-process run); the parameters that are frozen now are
+    left out, so the wrapper is rebuilt when ``--unfreeze-at`` releases them."""
+    if world().size == 1:
+        return model
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("every parameter is frozen: nothing to train")
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

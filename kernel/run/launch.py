@@ -1,0 +1,102 @@
+"""Every device of the machine from a plain ``python train.py``: one fresh process per device.
+
+Started as a plain script (or ``main()`` from a notebook) with ``--devices`` asking for more than one
+process, the run starts one process per device with ``torch.multiprocessing``'s *spawn* method: fresh
+interpreters, never forks of a process that may have touched CUDA (the failure of notebook launchers on
+Kaggle). A spawned child re-imports the parent's main module first, so the packed ``train.py`` installs
+its import hook in every child. Each child gets the resolved options as a config file and the rendezvous
+in its environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``PORT``: torchrun's variables), so the
+same code path serves ``torchrun`` across machines. An error in any process ends them all; the parent
+prints it once. When the all-reduce self-test fails (NCCL between Kaggle's T4s), the run continues on
+one device.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import torch
+import yaml
+
+from ..cli import one_line
+from ..config import options_to_dict
+from ..options import Options
+
+__all__ = ["devices_wanted", "auto_workers", "in_torchrun", "launch"]
+
+log = logging.getLogger("kernel")
+
+
+def devices_wanted(devices: Any, device: str) -> int:
+    """Processes to start: ``--devices N``, or auto: every visible GPU (one process on a CPU)."""
+    if devices != "auto":
+        return int(devices)
+    return torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 1
+
+
+def auto_workers(processes: int) -> int:
+    """``--workers auto``: the machine's CPUs shared among its processes, at most 8 each (Kaggle: 4 CPUs for
+    2 GPUs -> 2 workers per process)."""
+    return max(0, min(8, (os.cpu_count() or 2) // max(processes, 1)))
+
+
+def in_torchrun() -> bool:
+    """True inside a process started by torchrun (or by :func:`launch`): the group is to be joined."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(local_rank: int, config: str, n: int, port: int, start: float, entry: Callable[[Dict], int]) -> None:
+    """One spawned process: torchrun's environment, then the entry (which raises on errors)."""
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), KERNEL_START_TIME=str(start))
+    code = entry({"argv": ["--config", config]})
+    if code:
+        sys.exit(code)
+
+
+def launch(opts: Options, n: int, entry: Callable[[Dict], int], single: Callable[[], int]) -> int:
+    """Run ``entry`` in ``n`` spawned processes; returns the exit status. ``single()`` runs on one device
+    in this process when the self-test fails. Errors: the first failing process's, printed once."""
+    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException, start_processes
+
+    values = {**options_to_dict(opts), "devices": n}
+    with tempfile.TemporaryDirectory(prefix="kernel-launch-") as tmp:
+        config = str(Path(tmp) / "config.yaml")
+        Path(config).write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+        log.info("starting %d processes, one per device (global batch %d)", n, n * opts.batch_size)
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}  # the children save
+        try:
+            start_processes(_child, args=(config, n, _free_port(), time.time(), entry), nprocs=n, join=True,
+                            start_method="spawn")
+            return 0
+        except ProcessExitedException as e:  # a child exited non-zero: it printed its own line
+            return e.exit_code if e.exit_code and e.exit_code > 0 else 1
+        except ProcessRaisedException as e:
+            text = str(e)
+            if "SelfTestFailed" in text:
+                print(f"warning: {one_line(RuntimeError(text.strip().splitlines()[-1]))}; continuing on one device",
+                      file=sys.stderr)
+                for s, h in old.items():
+                    signal.signal(s, h)
+                return single()
+            if "ConfigError: " in text:
+                print(f"error: {one_line(RuntimeError(text))}", file=sys.stderr)
+                return 2
+            print(text.strip(), file=sys.stderr)  # a bug: the child's traceback, once
+            return 1
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)

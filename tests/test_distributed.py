@@ -1,0 +1,163 @@
+"""Several processes on CPU with gloo: the same maths and numbers as one process, exact resume, no hangs,
+torchrun across two simulated machines, unfreezing under DDP."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernel.data import write_shapes
+
+from conftest import ROOT
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+for _k in [k for k in ENV if k.startswith(("KAGGLE_", "COLAB_", "KERNEL_"))]:
+    del ENV[_k]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_shapes(tmp_path_factory.mktemp("ddp"), n=160, seed=0, size=32) / "train"
+
+
+def _cmd(data: Path, out: Path, name: str, *extra: str, model: str = "test_vit", epochs: int = 2) -> list:
+    return [sys.executable, "-m", "kernel.train", "--data", str(data), "--model", model, "--img-size", "32",
+            "--epochs", str(epochs), "--workers", "0", "--device", "cpu", "--aug", "light", "--output", str(out),
+            "--name", name, "--no-tensorboard", "--plot-every", "1000", "--lr", "0.002", *extra]
+
+
+def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, env=kw.pop("env", ENV), capture_output=True, text=True, timeout=kw.pop("timeout", 600))
+    return out
+
+
+# SGD, not Adam: Adam divides each step by the gradient's running scale, so the float rounding of a sum taken in
+# another order (the all-reduce) grows into visible differences on near-zero gradients; SGD keeps it at rounding.
+SAME_MATHS = ("--opt", "sgd", "--lr", "0.05")
+
+
+@pytest.fixture(scope="module")
+def two_procs(data, tmp_path_factory) -> Path:
+    """2 processes x batch 8 (test_vit: no BatchNorm)."""
+    out = tmp_path_factory.mktemp("two")
+    r = _run(_cmd(data, out, "p2", "--devices", "2", "--batch-size", "8", *SAME_MATHS))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out / "p2"
+
+
+def test_two_processes_equal_one_process_with_twice_the_batch(data, two_procs, tmp_path):
+    r = _run(_cmd(data, tmp_path, "p1", "--devices", "1", "--batch-size", "16", *SAME_MATHS))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = torch.load(two_procs / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "p1" / "last.pt", weights_only=True)
+    assert a["world_size"] == 2 and b["world_size"] == 1 and len(a["rng_ranks"]) == 2
+    assert not any(k.startswith("module.") for k in a["model"])  # the unwrapped model
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6, rtol=1e-5), k
+    log = (two_procs / "train.log").read_text()
+    assert "process group of 2 (gloo); global batch 16" in log
+
+
+def test_validation_numbers_equal_a_single_process_evaluation(two_procs):
+    """The 2-process run's last validation equals one process evaluating its final weights on the whole set."""
+    from kernel.config import parse_options
+    from kernel.engine import evaluate
+    from kernel.run import effective_options, prepare
+
+    saved = dict(torch.load(two_procs / "last.pt", weights_only=True)["options"], devices=1)
+    (two_procs.parent / "again.yaml").write_text(json.dumps({k: v for k, v in saved.items() if k != "predict"}))
+    p = prepare(effective_options(parse_options(["--config", str(two_procs.parent / "again.yaml")])))
+    p.model.load_state_dict(torch.load(two_procs / "last.pt", weights_only=True)["model"])
+    va = evaluate(p.model, p.val_loader, p.loss_fn, device=p.device, meter=p.task.meter(p.split, train=False))
+    last = torch.load(two_procs / "last.pt", weights_only=True)["history"][-1]
+    assert va["loss"] == pytest.approx(last["val_loss"], rel=1e-6) and va["acc1"] == pytest.approx(last["val_acc"])
+
+
+def test_two_processes_resume_exactly(data, two_procs, tmp_path):
+    cmd = _cmd(data, tmp_path, "cut", "--devices", "2", "--batch-size", "8", *SAME_MATHS, "--resume", "auto")
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    for line in proc.stderr:
+        if "epoch 1/2  lr" in line:  # epoch 1 saved: kill every process of the run
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
+    r = _run(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = torch.load(two_procs / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+FAILING_LOSS = '''
+import torch.distributed as dist
+import torch.nn.functional as F
+from kernel.registry import ConfigError
+
+
+def fail_on_rank1(logits, target):
+    if dist.is_initialized() and dist.get_rank() == 1:
+        raise ConfigError("rank 1 refuses this batch")
+    return F.cross_entropy(logits, target)
+'''
+
+
+def test_an_error_in_one_rank_ends_every_rank_in_one_line(data, tmp_path):
+    (tmp_path / "failing.py").write_text(FAILING_LOSS)
+    r = _run(_cmd(data, tmp_path, "fail", "--devices", "2", "--batch-size", "8", "--loss",
+                  f"{tmp_path / 'failing.py'}:fail_on_rank1"), timeout=120)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and errors == ["error: rank 1 refuses this batch"], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+
+
+def test_a_failed_self_test_falls_back_to_one_device(data, tmp_path):
+    r = _run(_cmd(data, tmp_path, "fb", "--devices", "2", "--batch-size", "8", epochs=1),
+             env=dict(ENV, KERNEL_TEST_SELFTEST_FAIL="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "self-test" in warnings[0] and "continuing on one device" in warnings[0]
+    assert json.loads((tmp_path / "fb" / "summary.json").read_text())["devices"] == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_across_two_simulated_machines(data, tmp_path):
+    port = str(_free_port())
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--node-rank",
+         str(rank), "--master-addr", "127.0.0.1", "--master-port", port,
+         *_cmd(data, tmp_path, "tr", "--batch-size", "8", epochs=1)[1:]], env=ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    logs = [n.communicate(timeout=600)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    run = tmp_path / "tr"
+    assert torch.load(run / "last.pt", weights_only=True)["world_size"] == 2
+    assert (run / "train.log").read_text().count("process group of 2") == 1  # one set of outputs, from rank 0
+
+
+def test_unfreezing_under_ddp_trains_the_backbone(data, tmp_path):
+    r = _run(_cmd(data, tmp_path, "uf", "--devices", "2", "--batch-size", "8", "--freeze", "backbone",
+                  "--unfreeze-at", "2", "--model", "test_resnet"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "uf" / "train.log").read_text()
+    assert "epoch 2: backbone unfrozen" in log
+    hist = torch.load(tmp_path / "uf" / "last.pt", weights_only=True)["model"]
+    torch.manual_seed(42)
+    from kernel.models import create_model
+
+    init = create_model("test_resnet", 4).state_dict()
+    assert not torch.equal(hist["layer1.0.conv1.weight"], init["layer1.0.conv1.weight"])  # trained in epoch 2

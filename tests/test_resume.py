@@ -1,0 +1,153 @@
+"""Never lose a session: kills at any moment, the worker count, the time limit, SIGTERM and chained Kaggle versions
+all end with the weights of an uninterrupted run (bit for bit, on CPU)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernel.data import write_shapes
+
+from conftest import ROOT
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+for _k in [k for k in ENV if k.startswith(("KAGGLE_", "COLAB_", "KERNEL_"))]:
+    del ENV[_k]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_shapes(tmp_path_factory.mktemp("resume"), n=240, seed=0, size=32) / "train"
+
+
+def _cmd(data: Path, out: Path, name: str, workers: str = "0", epochs: int = 3, *extra: str) -> list:
+    return [sys.executable, "-m", "kernel.train", "--data", str(data), "--model", "test_resnet", "--img-size", "32",
+            "--epochs", str(epochs), "--batch-size", "16", "--workers", workers, "--device", "cpu", "--aug", "light",
+            "--warmup-steps", "5", "--output", str(out), "--name", name, "--no-tensorboard", "--plot-every", "1000",
+            *extra]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert x["epoch"] == y["epoch"] and x["model"].keys() == y["model"].keys()
+    for k in x["model"]:
+        assert torch.equal(x["model"][k], y["model"][k]), k
+    assert [r["train_loss"] for r in x["history"]] == [r["train_loss"] for r in y["history"]]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("full")
+    subprocess.run(_cmd(data, out, "full"), env=ENV, check=True, capture_output=True, timeout=600)
+    return out / "full" / "last.pt"
+
+
+def _kill_at_random_moments(cmd: list, kills: int, seed: int) -> list:
+    """Run ``cmd`` (resuming) ``kills`` times, each SIGKILLed at a seeded random moment: after a random number of
+    saves (inside epochs with --save-every, or at an epoch's end) plus a random delay. Returns where each stood."""
+    rng, where = random.Random(seed), []
+    for _ in range(kills):
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        saves, wanted = 0, rng.randint(1, 3)
+        for line in proc.stderr:
+            if "saved last.pt inside" in line or "  lr " in line:  # a mid-epoch save, or an epoch's end
+                saves += 1
+                if saves == wanted:
+                    time.sleep(rng.uniform(0.0, 0.4))
+                    break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = torch.load(Path(cmd[cmd.index("--output") + 1]) / cmd[cmd.index("--name") + 1] / "last.pt",
+                          weights_only=True)
+        where.append((ckpt["position"]["epoch"], ckpt["position"]["batch"]))
+    return where
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_five_kills_anywhere_end_bit_identical(data, uninterrupted, tmp_path, workers):
+    """Killed five times (inside epochs and between them), resumed each time: the same weights and losses as the
+    uninterrupted run, whatever the worker count (the uninterrupted run used 0 workers), persistent workers on."""
+    cmd = _cmd(data, tmp_path, "cut", workers, 3, "--resume", "auto", "--save-every", "0.3")
+    where = _kill_at_random_moments(cmd, kills=5, seed=int(workers))
+    assert any(batch > 0 for _, batch in where), where  # some kills landed inside an epoch
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr
+    _same_weights(uninterrupted, tmp_path / "cut" / "last.pt")
+
+
+def test_time_limit_stops_cleanly_and_the_resumed_run_is_exact(data, uninterrupted, tmp_path):
+    (tmp_path / "cfg.yaml").write_text(f"predict:\n  inputs: [{data / 'circle'}]\n  workers: 0\n")
+    stop = subprocess.run(_cmd(data, tmp_path, "tl", "0", 3, "--config", str(tmp_path / "cfg.yaml"),
+                               "--time-limit", "12s"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert stop.returncode == 0, stop.stderr[-3000:]
+    summary = json.loads((tmp_path / "tl" / "summary.json").read_text())
+    assert summary["stopped"] == "time_limit" and summary["epochs_run"] < 3, summary
+    assert "continue with --resume auto" in stop.stderr
+    assert len((tmp_path / "tl" / "predictions.csv").read_text().splitlines()) == 61  # predict: ran, with best.pt
+    resumed = subprocess.run(_cmd(data, tmp_path, "tl", "0", 3, "--resume", "auto"), env=ENV, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _same_weights(uninterrupted, tmp_path / "tl" / "last.pt")
+
+
+def test_sigterm_saves_within_a_step_and_exits_143(data, uninterrupted, tmp_path):
+    proc = subprocess.Popen(_cmd(data, tmp_path, "term"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stderr:
+        if "epoch 1/3  lr" in line:  # the first epoch is done: SIGTERM lands in the second
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 143, rest[-2000:]
+    assert "SIGTERM received" in rest and "saved last.pt inside epoch 2" in rest
+    ckpt = torch.load(tmp_path / "term" / "last.pt", weights_only=True)
+    assert ckpt["position"]["epoch"] == 2 and ckpt["position"]["batch"] >= 1
+    resumed = subprocess.run(_cmd(data, tmp_path, "term", "0", 3, "--resume", "auto"), env=ENV, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0 and f"at epoch 2, batch {ckpt['position']['batch']}" in resumed.stderr
+    _same_weights(uninterrupted, tmp_path / "term" / "last.pt")
+
+
+@pytest.fixture(scope="module")
+def kaggle_version_1(data, tmp_path_factory) -> Path:
+    """Version 1 of a Kaggle kernel: stopped by its time limit; its /kaggle/working is what version 2 mounts."""
+    root = tmp_path_factory.mktemp("v1")
+    env = dict(ENV, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(root / "input"),
+               KERNEL_KAGGLE_WORKING=str(root / "working"))
+    (root / "input").mkdir()
+    cmd = [c for c in _cmd(data, root, "run", "0", 4, "--resume", "auto", "--time-limit", "12s")]
+    del cmd[cmd.index("--output"):cmd.index("--output") + 2]  # on Kaggle: /kaggle/working/<name>
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((root / "working" / "run" / "summary.json").read_text())["stopped"] == "time_limit"
+    return root / "working" / "run"
+
+
+@pytest.mark.parametrize("layout", ["new", "old"])
+def test_chained_kaggle_versions_resume_and_cover_every_epoch(data, kaggle_version_1, tmp_path, layout):
+    inputs, working = tmp_path / "input", tmp_path / "working"
+    mount = inputs / "notebooks" / "alice" / "kernel-train" if layout == "new" else inputs / "kernel-train"
+    shutil.copytree(kaggle_version_1, mount / "run")  # the previous version's output, mounted read-only
+    env = dict(ENV, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(inputs), KERNEL_KAGGLE_WORKING=str(working))
+    cmd = _cmd(data, tmp_path, "run", "0", 4, "--resume", "auto")
+    del cmd[cmd.index("--output"):cmd.index("--output") + 2]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from {mount / 'run' / 'last.pt'}" in out.stderr
+    rows = list(csv.DictReader(open(working / "run" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]  # version 1's epochs too
+    assert (working / "run" / "best.pt").is_file() and (working / "run" / "curves.png").is_file()
+    if layout == "new":  # a third version finds the training complete: it does not train again
+        again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "training already complete" in again.stderr
