@@ -30,7 +30,7 @@ _NOT_SAVED = ("config", *ONE_SHOTS)
 def build_parser() -> Any:
     """The ``kernel.train`` parser, generated from :class:`Options` (every default SUPPRESS)."""
     p = parser_from_dataclass(Options, "python -m kernel.train", "Train an image model (timm/torchvision).",
-                              ("general", "data", "model", "optimization"))
+                              ("general", "data", "model", "optimization", "competing"))
     p.groups["general"].add_argument("--cuda", dest="device", action="store_const", const="cuda",
                                      help="same as --device cuda (the notes' switch)")
     return p
@@ -151,10 +151,35 @@ def _check_ranges(o: Options) -> None:
         raise ConfigError(f"--threshold must be a probability in (0, 1), got {o.threshold}")
     if not 0.0 <= o.bad_images_limit <= 1.0:
         raise ConfigError(f"--bad-images-limit must be a fraction in [0, 1], got {o.bad_images_limit}")
+    _check_competing(o)
     if o.lr <= 0:
         raise ConfigError(f"--lr must be > 0, got {o.lr}")
     if not re.fullmatch(r"[\w.\-]+", o.name):
         raise ConfigError(f"--name {o.name!r}: use letters, digits, '.', '-' and '_' only")
+
+
+def _check_competing(o: Options) -> None:
+    """--folds/--fold and the EMA, Mixup and LR-finder values."""
+    if o.folds == 1 or o.folds < 0:
+        raise ConfigError(f"--folds {o.folds}: use 2 or more folds (0: no cross-validation)")
+    if not o.folds and (o.folds_file or o.group_col):
+        raise ConfigError(f"--{'folds-file' if o.folds_file else 'group-col'} splits folds: give --folds K too")
+    fold = str(o.fold).strip().lower()
+    if fold != "all" and not (fold.isdigit() and (not o.folds or int(fold) < o.folds)):
+        raise ConfigError(f"--fold {o.fold!r}: give a fold number 0..{max(o.folds, 2) - 1} or all")
+    o.fold = fold
+    if not 0.0 <= o.ema < 1.0:
+        raise ConfigError(f"--ema must be a decay in [0, 1) such as 0.999 (0: off), got {o.ema}")
+    for name in ("mixup", "cutmix"):
+        if getattr(o, name) < 0:
+            raise ConfigError(f"--{name} must be an alpha >= 0 (0: off), got {getattr(o, name)}")
+    for name in ("mixup_prob", "mixup_switch_prob"):
+        if not 0.0 <= getattr(o, name) <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {getattr(o, name)}")
+    if not 0.0 <= o.label_smoothing < 1.0:
+        raise ConfigError(f"--label-smoothing must be in [0, 1), got {o.label_smoothing}")
+    if o.find_lr_steps < 2:
+        raise ConfigError(f"--find-lr-steps must be >= 2, got {o.find_lr_steps}")
 
 
 def parse_options(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str, Any]] = None) -> Options:

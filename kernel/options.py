@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Sequence
 __all__ = ["Options", "PredictOptions", "DEVICES", "ONE_SHOTS"]
 
 DEVICES = ("auto", "cpu", "cuda")
-ONE_SHOTS = ("list_models", "summary", "preview_lr", "show_aug", "check_data")  # options that do one thing and exit
+ONE_SHOTS = ("list_models", "summary", "preview_lr", "show_aug", "check_data", "find_lr")  # options that do one thing and exit
 
 
 # Choices that come from registries, imported only when a parser or a check needs them.
@@ -98,6 +98,9 @@ class Options:
     show_aug: int = _opt(0, "write a grid of N augmented training samples, then exit", metavar="N")
     check_data: bool = _opt(False, "read every training and validation image once, write bad_images.txt, then exit "
                                    "(non-zero when any is unreadable)")
+    find_lr: bool = _opt(False, "LR range test: train a few steps while the LR grows from 1e-7 to 10, write "
+                                "lr_find.png, print the suggested LR, then exit (weights untouched)")
+    find_lr_steps: int = _opt(100, "--find-lr: steps (batches) of the ramp")
     # data
     task: str = _opt("auto", "what to learn: classify (labels per image), segment (a class per pixel); auto: "
                              "segment when the data has masks", "data", choices=_choices_task)
@@ -167,6 +170,22 @@ class Options:
                             "optimization")
     seg_include_background: bool = _opt(False, "segmentation: count the background class in mIoU and Dice",
                                         "optimization")
+    # competing
+    folds: int = _opt(0, "k-fold cross-validation: split the data into K folds (0: off, --val-split holds out "
+                         "one part)", "competing", metavar="K")
+    fold: str = _opt("all", "with --folds: the fold to validate on, 0..K-1, or all (every fold in turn)",
+                     "competing")
+    folds_file: str = _opt("", "reuse this image,fold CSV (e.g. another run's folds.csv) instead of a new split",
+                           "competing", metavar="CSV")
+    group_col: str = _opt("", "CSV column of groups (e.g. a patient id): no group is in two folds", "competing")
+    ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999; "
+                           "0: off); validation, best.pt and exported weights use it", "competing", metavar="DECAY")
+    mixup: float = _opt(0.0, "Mixup alpha (classification; 0: off)", "competing", metavar="ALPHA")
+    cutmix: float = _opt(0.0, "CutMix alpha (classification; 0: off)", "competing", metavar="ALPHA")
+    mixup_prob: float = _opt(1.0, "probability of mixing a batch (--mixup, --cutmix)", "competing")
+    mixup_switch_prob: float = _opt(0.5, "with --mixup and --cutmix: probability of CutMix instead of Mixup",
+                                    "competing")
+    label_smoothing: float = _opt(0.0, "smooth the (mixed) one-hot targets by this (classification)", "competing")
     # config-file only
     predict: Any = _opt(None, "prediction to run after training (config file only)", cli=False)
 
@@ -180,8 +199,9 @@ class PredictOptions:
     """
 
     inputs: List[str] = _opt(None, "image files, folders, or a CSV of image ids", positional=True)
-    checkpoint: str = _opt("", "RUN/best.pt, RUN/model.safetensors, or the RUN folder", required=True,
-                           show_default=False)
+    checkpoint: str = _opt("", "RUN/best.pt, RUN/model.safetensors, or the RUN folder (a k-fold RUN: the folds' "
+                               "ensemble)", required=True, show_default=False)
+    folds: str = _opt("", "with a k-fold RUN folder: the folds to average, e.g. 0,2 (default: every trained fold)")
     out: str = _opt("", "output: the predictions CSV (classify: predictions.csv) or the masks folder (segment: masks)")
     topk: int = _opt(5, "labels per image in the predictions CSV")
     tta: bool = _opt(False, "average with the horizontally flipped image (segmentation: flipped logits flipped back)")

@@ -27,7 +27,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from torch import nn
 from .cli import one_line, parser_from_dataclass
 from .data import DataSplit, collect_inputs
 from .engine import load_trained, resolve_device
+from .models import FoldEnsemble
 from .config import check_predict_ranges, check_predict_spec
 from .options import Options, PredictOptions
 from .paths import resolve_path
@@ -63,19 +64,48 @@ class Trained:
     in_chans: int
 
 
-def _checkpoint_file(checkpoint: str) -> Path:
+def _in_folder(path: Path) -> Optional[Path]:
+    return next((path / n for n in ("best.pt", "model.safetensors") if (path / n).is_file()), None)
+
+
+def _fold_folders(path: Path) -> Dict[int, Path]:
+    """fold number -> RUN/fold{i} for the folds of a k-fold run folder that have a best.pt or model.safetensors."""
+    found = {}
+    for child in path.glob("fold*"):
+        if child.is_dir() and child.name[4:].isdigit() and _in_folder(child) is not None:
+            found[int(child.name[4:])] = child
+    return dict(sorted(found.items()))
+
+
+def _checkpoint_files(checkpoint: str, folds: str = "") -> List[Path]:
+    """The weight files ``--checkpoint`` names: a file, a run folder's best.pt, or a k-fold run folder's folds
+    (``folds``: "0,2" picks some)."""
     path = Path(resolve_path(checkpoint, "checkpoint"))
+    by_fold = _fold_folders(path) if path.is_dir() and _in_folder(path) is None else {}
+    if folds and not by_fold:
+        raise ConfigError(f"--folds {folds}: {str(path)!r} is not a k-fold run folder (no fold0/, fold1/, ...); "
+                          "drop --folds or give the k-fold run's folder")
+    if by_fold:
+        wanted = sorted(by_fold)
+        if folds:
+            try:
+                wanted = sorted({int(f) for f in str(folds).split(",") if f.strip()})
+            except ValueError:
+                raise ConfigError(f"--folds {folds!r}: give fold numbers separated by commas, e.g. 0,2") from None
+            missing = [f for f in wanted if f not in by_fold]
+            if missing or not wanted:
+                raise ConfigError(f"--folds {folds}: fold {missing[0] if missing else ''} has no trained model in "
+                                  f"{str(path)!r}; trained folds: {', '.join(map(str, by_fold))}")
+        return [_in_folder(by_fold[f]) for f in wanted]
     if path.is_dir():
-        found = next((path / n for n in ("best.pt", "model.safetensors") if (path / n).is_file()), None)
+        found = _in_folder(path)
         if found is None:
-            raise ConfigError(f"--checkpoint: {str(path)!r} has no best.pt or model.safetensors")
-        path = found
-    return path
+            raise ConfigError(f"--checkpoint: {str(path)!r} has no best.pt or model.safetensors (nor fold folders)")
+        return [found]
+    return [path]
 
 
-def load_for_prediction(checkpoint: str, device: torch.device) -> Trained:
-    """Rebuild the trained model and its evaluation transform from a checkpoint file or run folder."""
-    path = _checkpoint_file(checkpoint)
+def _load_one(path: Path) -> Tuple[nn.Module, Task, DataSplit, Options, Dict[str, Any]]:
     t = load_trained(path)
     if t.get("has_config") is False:
         log.warning("no config.yaml beside %s: using the model's default preprocessing", path)
@@ -89,9 +119,26 @@ def load_for_prediction(checkpoint: str, device: torch.device) -> Trained:
     except RuntimeError as e:
         raise ConfigError(f"--checkpoint: weights do not fit model {opts.model!r} with {len(split.classes)} classes "
                           f"({str(e).splitlines()[0]})") from None
-    dcfg = task.data_config(model, opts)
-    log.info("checkpoint %s: %s %s, %d classes, input %s px", path, task.name, opts.model, len(split.classes),
-             dcfg["img_size"])
+    return model, task, split, opts, task.data_config(model, opts)
+
+
+def load_for_prediction(checkpoint: str, device: torch.device, folds: str = "") -> Trained:
+    """Rebuild the trained model and its evaluation transform from a checkpoint file or run folder; a k-fold
+    run folder gives the ensemble of its folds (``folds``: "0,2" picks some), averaging probabilities."""
+    paths = _checkpoint_files(checkpoint, folds)
+    models = []
+    for path in paths:
+        model, task, split, opts, dcfg = _load_one(path)
+        first = models[0] if models else (task, split, dcfg)
+        if (task.name, split.classes, dcfg["img_size"]) != (first[0].name, first[1].classes, first[2]["img_size"]):
+            raise ConfigError(f"--checkpoint: {path} is a {task.name} model of {len(split.classes)} classes at "
+                              f"{dcfg['img_size']} px, unlike {paths[0]}; ensemble folds of one run")
+        models.append((task, split, dcfg, model))
+    task, split, dcfg = models[0][:3]
+    model = models[0][3] if len(models) == 1 else FoldEnsemble([m[3] for m in models], task.activation(split.meta))
+    log.info("checkpoint %s: %s %s, %d classes, input %s px", paths[0] if len(paths) == 1 else
+             f"ensemble of {len(paths)} folds ({', '.join(p.parent.name for p in paths)})", task.name, opts.model,
+             len(split.classes), dcfg["img_size"])
     return Trained(model.to(device).eval(), task, split.classes, split.meta, dataclasses.asdict(opts),
                    task.transform(opts, dcfg, train=False), opts.in_chans)
 
@@ -126,7 +173,7 @@ def _predict(popts: Dict[str, Any]) -> Dict[str, Any]:
     """Predict with every key of PredictOptions given."""
     check_predict_ranges(popts)
     device = resolve_device(popts["device"])
-    trained = load_for_prediction(popts["checkpoint"], device)
+    trained = load_for_prediction(popts["checkpoint"], device, popts["folds"])
     items = collect_inputs(popts["inputs"], image_dir=popts["image_dir"], image_col=popts["image_col"])
     popts = dict(popts, out=popts["out"] or trained.task.default_out)
     popts["submission"] = _submission_path(popts, Path("."), trained.task)
@@ -145,11 +192,12 @@ def resolve_predict_section(spec: Any) -> Dict[str, Any]:
     return given
 
 
-def predict_after_training(given: Dict[str, Any], run_dir: str | os.PathLike, opts: Options) -> Dict[str, Any]:
-    """Run a ``predict:`` section with ``run_dir/best.pt``; missing keys take the training run's values."""
-    run_dir = Path(run_dir)
-    popts = {**_DEFAULTS, **{k: getattr(opts, k) for k in _FROM_TRAINING}, **given,
-             "checkpoint": str(run_dir / "best.pt")}
+def predict_after_training(given: Dict[str, Any], checkpoint: str | os.PathLike, opts: Options) -> Dict[str, Any]:
+    """Run a ``predict:`` section with ``checkpoint`` (RUN/best.pt, or a k-fold RUN folder: the folds'
+    ensemble); outputs go to its run folder; missing keys take the training run's values."""
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    popts = {**_DEFAULTS, **{k: getattr(opts, k) for k in _FROM_TRAINING}, **given, "checkpoint": str(checkpoint)}
     task = get_task(opts.task)
     popts["out"] = str(run_dir / (popts["out"] or task.default_out))
     sub = _submission_path(popts, run_dir, task)

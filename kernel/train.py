@@ -16,6 +16,7 @@ if __name__ == "__main__" and not __package__:  # `python kernel/train.py`: run 
     run_file(__file__)
 
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -37,23 +38,43 @@ from .run import (ONE_SHOTS, effective_options, finish, fit, input_shape, prepar
                   seed_everything)
 from .run.budget import StopControl, StopSignals, process_start, resolve_durations
 from .run.checkpoints import carry_over, repair_best
+from .run.folds import OOF, carry_over_root, clear_other_folds, run_root, train_folds, write_plan
+from .run.oof import finish_cv, write_fold_oof
 from .run.launch import devices_wanted, in_torchrun, launch
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "train"]
 
 log = logging.getLogger("kernel")
 
 
-def run(opts: Options) -> Dict[str, Any]:
-    """Train with ``opts`` (left unchanged); returns the summary dict (also written to ``summary.json``)."""
+def train(opts: Options) -> Dict[str, Any]:
+    """One run, or with ``--folds K --fold all`` every fold in turn; returns the (CV) summary."""
+    if opts.folds:
+        carry_over_root(opts)
+    if opts.folds and opts.fold == "all":
+        return train_folds(opts, run, lambda o: _read_summary(run_root(o)))
+    return run(opts)
+
+
+def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
+    """Train with ``opts`` (left unchanged); returns the summary dict (also written to ``summary.json``).
+
+    In a k-fold run this trains fold ``--fold``; when it finishes, its out-of-fold predictions are
+    written and, once every fold is finished, the CV score and the ``predict:`` section's ensemble.
+    ``start_over``: the first fold of a fresh ``--fold all`` (a new split; the other folds cleared).
+    """
     start = time.time()
     opts = effective_options(opts)
-    p = prepare(opts)
+    p = prepare(opts, new_folds=start_over)
     state = resume_state(p)
     predict_spec = _check_predict_section(opts)
     if world().main:
         attach_log_file(p.run_dir)  # from here on the run folder is ours to write
         _tidy_run_dir(p.run_dir, fresh=state.resumed_from is None)
+        if p.split.folds is not None:
+            write_plan(p.split.folds, run_root(opts))
+            if start_over:
+                clear_other_folds(run_root(opts), p.split.folds)
         carry_over(p, state)
         repair_best(p, state)
         save_config(opts, p.run_dir / "config.yaml")
@@ -65,7 +86,10 @@ def run(opts: Options) -> Dict[str, Any]:
     with StopSignals() as signals:
         control = StopControl(**resolve_durations(opts.time_limit, opts.save_every), signals=signals,
                               start=process_start(), predict_reserve=lambda: 0.0)
-        control.predict_reserve = lambda: n_predict * control.val_time / max(len(p.split.val), 1)
+        # Time kept for what follows training: a fold's out-of-fold pass (about one validation) and the
+        # predict: section (every fold's model on each image).
+        control.predict_reserve = lambda: control.val_time * (bool(opts.folds) + n_predict * max(opts.folds, 1) /
+                                                              max(len(p.split.val), 1))
         if state.start_epoch > opts.epochs:
             log.info("training already complete (epoch %d of %d): nothing to train", state.last_epoch, opts.epochs)
         else:
@@ -75,20 +99,39 @@ def run(opts: Options) -> Dict[str, Any]:
         reporter.on_train_end()
     summary = finish(p, state, time.time() - start)
     summary["exit_code"] = StopSignals.CODES.get(signals.received, 0) if state.stopped == "signal" else 0
-    if predict_spec is not None and state.stopped != "signal" and world().main and (p.run_dir / "best.pt").is_file():
+    stopped = state.stopped in ("time_limit", "signal")
+    checkpoint: Optional[Path] = p.run_dir / "best.pt"
+    if p.split.folds is not None:  # a k-fold run predicts with every fold's model, once all are trained
+        checkpoint = None
+        if not stopped and world().main and (p.run_dir / "best.pt").is_file():
+            write_fold_oof(p)
+            summary["cv"] = finish_cv(p)
+            checkpoint = run_root(opts) if summary["cv"] else None
+    if predict_spec is not None and state.stopped != "signal" and world().main and checkpoint is not None \
+            and checkpoint.exists():
         from .predict import predict_after_training
-        summary["predict"] = predict_after_training(predict_spec, p.run_dir, opts)
+        summary["predict"] = predict_after_training(predict_spec, checkpoint, opts)
     barrier()  # the processes leave together: none is ended while rank 0 is still writing
     return summary
 
 
+def _read_summary(root: Path) -> Optional[Dict[str, Any]]:
+    """A run folder's summary.json, or None."""
+    try:
+        return json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _tidy_run_dir(run_dir: Path, fresh: bool) -> None:
-    """Remove what a killed save left behind, and a fresh run's stale list of unreadable images."""
+    """Remove what a killed save left behind; a fresh run's stale list of unreadable images and a fresh
+    fold's earlier out-of-fold predictions (they mark a fold finished)."""
     freed = remove_leftovers(run_dir)
     if freed:
         log.info("removed the temporary files of an interrupted save (%.1f MB)", freed / 2**20)
     if fresh:
         (run_dir / REPORT).unlink(missing_ok=True)
+        (run_dir / OOF).unlink(missing_ok=True)
 
 
 def _check_predict_section(opts: Options) -> Optional[Dict[str, Any]]:
@@ -112,7 +155,7 @@ def in_group(payload: Dict[str, Any]) -> int:
         self_test(device)
         log.info("process group of %d (%s); global batch %d", w.size, "nccl" if device.type == "cuda" else "gloo",
                  w.size * opts.batch_size)
-        return run(opts)["exit_code"]
+        return train(opts)["exit_code"]
     finally:
         close_logging()
         destroy()
@@ -132,8 +175,8 @@ def main(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str, Any]] =
             return ONE_SHOTS[shot](eff).get("exit_code", 0)
         n = devices_wanted(opts.devices, opts.device)
         if n > 1:
-            return launch(opts, n, in_group, lambda: run(dataclasses.replace(opts, devices=1))["exit_code"])
-        return run(opts)["exit_code"]
+            return launch(opts, n, in_group, lambda: train(dataclasses.replace(opts, devices=1))["exit_code"])
+        return train(opts)["exit_code"]
     except ConfigError as e:
         log.error("%s", one_line(e), extra={"console": False})  # into train.log when it is open
         print(f"error: {one_line(e)}", file=sys.stderr)

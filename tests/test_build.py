@@ -369,7 +369,7 @@ SEG_CONFIG = {"data": "shapes-seg/train", "model": "tu-test_resnet", "img_size":
 
 
 def test_kaggle_segmentation_run_with_vendored_smp_and_imgaug(tmp_path):
-    from kernel.tasks.segment.data import write_shapes_seg
+    from kernel.tasks.segment.shapes import write_shapes_seg
     from kernel.tasks.segment.rle import rle_decode
 
     proj = make_project(tmp_path / "proj")
@@ -405,6 +405,41 @@ def test_kaggle_segmentation_run_with_vendored_smp_and_imgaug(tmp_path):
     for ident, cls, rle in rows[1:]:  # our submission decodes to our masks
         want = (arrays[ident] == classes.index(cls)).astype(np.uint8)
         assert np.array_equal(rle_decode(rle, want.shape), want), (ident, cls)
+
+
+KFOLD_CONFIG = {"data": "shapes-png/train", "model": "test_resnet", "img_size": 32, "epochs": 1, "device": "cpu",
+                "workers": 0, "batch_size": 8, "folds": 3, "fold": "all", "name": "cv",
+                "predict": {"inputs": ["shapes-png/test"], "submission": True}}
+
+
+def test_kaggle_kfold_run_writes_oof_cv_and_an_ensembled_submission(tmp_path):
+    """The packed kernel with --folds 3 --fold all and a predict: section, as Kaggle runs it (no arguments)."""
+    proj = make_project(tmp_path / "proj")
+    dist = build_into(proj, proj / "dist", KFOLD_CONFIG)
+    inputs, working, src = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working", tmp_path / "kaggle" / "src"
+    code_ds, data_ds = inputs / "datasets" / OWNER / "kernel-code", inputs / "datasets" / OWNER / "shapes-png"
+    shutil.copytree(dist / "dataset", code_ds, ignore=shutil.ignore_patterns("dataset-metadata.json"))
+    write_png_dataset(data_ds / "train", per_class=9)
+    write_png_dataset(data_ds / "test", per_class=2)
+    for d in (working, src):
+        d.mkdir(parents=True)
+    shutil.copy(dist / "kernel" / "train.py", src / "script.py")
+    env = _isolated_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(inputs),
+                        KERNEL_KAGGLE_WORKING=str(working), TEST_HIDE="imgaug")
+    proc = subprocess.run([sys.executable, str(src / "script.py")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    run = working / "cv"
+    oof = list(csv.DictReader(open(run / "oof.csv")))
+    assert len(oof) == 27 and sorted(r["fold"] for r in oof) == sorted(["0", "1", "2"] * 9)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["folds"] == 3 and summary["cv_metric_name"] == "cv_acc"
+    assert summary["cv_metric"] == pytest.approx(100 * sum(r["label"] == r["pred"] for r in oof) / 27)
+    assert "ensemble of 3 folds (fold0, fold1, fold2)" in log
+    rows = list(csv.reader(open(run / "submission.csv")))
+    assert rows[0] == ["id", "label"] and len(rows) == 1 + 6
+    assert (run / "cv.png").is_file() and all((run / f"fold{i}" / "best.pt").is_file() for i in range(3))
 
 
 def test_colab_run(packed, tmp_path):

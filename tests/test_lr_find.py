@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +15,12 @@ from torch import nn
 
 from kernel.engine import create_optimizer
 from kernel.registry import ConfigError
+from kernel.config import parse_options
+from kernel.run import effective_options, prepare
 from kernel.run.lr_find import find_lr, lr_schedule, plot_lr_find, smooth, suggest_lr
+from kernel.train import main
+
+from conftest import small_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CPU = torch.device("cpu")
@@ -270,3 +277,31 @@ def test_find_lr_refuses_bad_settings_before_touching_anything():
     with pytest.raises(ConfigError, match="no batch"):
         find_lr(model, empty, nn.CrossEntropyLoss(), opt, device=CPU, steps=5)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+
+
+# ---------------------------------------------------------------- --find-lr on shapes
+
+
+def test_find_lr_on_shapes_suggests_an_lr_that_learns(tmp_path, capsys):
+    """The one-shot command: a finite suggestion inside the ramp, the picture and nothing else; three epochs at
+    the suggested LR learn (4 balanced classes: chance is 25 %)."""
+    assert main(small_args(tmp_path, "--find-lr", "--name", "lrf")) == 0
+    printed = capsys.readouterr().out
+    lr = float(re.search(r"suggested LR: (\S+) ", printed).group(1))
+    assert math.isfinite(lr) and 1e-7 <= lr <= 10.0, printed
+    assert (tmp_path / "lrf" / "lr_find.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert [p.name for p in (tmp_path / "lrf").iterdir()] == ["lr_find.png"]  # no weights, no run
+    assert main(small_args(tmp_path, "--lr", str(lr), "--epochs", "3", "--name", "at", "--no-tensorboard",
+                           "--plot-every", "1000")) == 0
+    assert json.loads((tmp_path / "at" / "summary.json").read_text())["best_metric"] > 45.0
+
+
+def test_find_lr_leaves_a_prepared_run_untouched(tmp_path):
+    p = prepare(effective_options(parse_options(small_args(tmp_path))))
+    before = (copy.deepcopy(p.model.state_dict()), copy.deepcopy(p.optimizer.state_dict()), torch.get_rng_state())
+    p.train_sampler.set_epoch(1)
+    result = find_lr(p.model, p.train_loader, p.loss_fn, p.optimizer, device=p.device, steps=20)
+    assert result["steps"] >= 2
+    assert all(torch.equal(v, p.model.state_dict()[k]) for k, v in before[0].items())
+    assert p.optimizer.state_dict()["param_groups"] == before[1]["param_groups"]
+    assert torch.equal(torch.get_rng_state(), before[2])

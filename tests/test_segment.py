@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from kernel.predict import main as predict_main
-from kernel.tasks.segment.data import write_shapes_rle, write_shapes_seg
+from kernel.tasks.segment.shapes import write_shapes_rle, write_shapes_seg
 from kernel.tasks.segment.rle import rle_decode
 from kernel.train import main
 

@@ -4,18 +4,19 @@ Layers, lowest first: :mod:`.images` (pixels from files), :mod:`.sources` (sampl
 CSVs), :mod:`.shapes` (the built-in procedural data), :mod:`.split` (train/val for classification),
 :mod:`.loader` (transformed datasets and DataLoaders), :mod:`.inputs` (what to predict).
 """
+from .folds import fold_indices, make_folds, read_folds_csv, write_folds_csv
 from .guard import BAD_IMAGES, REPORT, ReadGuard, read_report
 from .images import DEFAULT_DATA_CONFIG, IMAGE_EXTENSIONS, fit_channel_stats, is_image_file, load_image
 from .inputs import collect_inputs
 from .loader import ImageList, TransformedDataset, build_loader
 from .sampler import EpochSampler, sample_seed
 from .shapes import SHAPE_CLASSES, ShapesSource, draw_shape, write_shapes
-from .sources import CsvSource, FolderSource, Subset, match_image_ids, read_csv_rows
-from .split import DataSplit, build_sources, stratified_split
+from .sources import CsvSource, FolderSource, Subset, csv_column, match_image_ids, read_csv_rows
+from .split import DataSplit, build_sources, sample_ids, stratified_split
 
 __all__ = [
     "IMAGE_EXTENSIONS", "DEFAULT_DATA_CONFIG", "is_image_file", "load_image", "fit_channel_stats", "collect_inputs", "ImageList",
     "TransformedDataset", "build_loader", "SHAPE_CLASSES", "ShapesSource", "draw_shape", "write_shapes",
-    "CsvSource", "FolderSource", "Subset", "match_image_ids", "read_csv_rows", "DataSplit", "build_sources",
-    "stratified_split", "BAD_IMAGES", "REPORT", "ReadGuard", "read_report", "EpochSampler", "sample_seed",
+    "CsvSource", "FolderSource", "Subset", "match_image_ids", "read_csv_rows", "csv_column", "DataSplit", "build_sources", "sample_ids",
+    "stratified_split", "make_folds", "read_folds_csv", "write_folds_csv", "fold_indices", "BAD_IMAGES", "REPORT", "ReadGuard", "read_report", "EpochSampler", "sample_seed",
 ]

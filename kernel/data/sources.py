@@ -29,6 +29,14 @@ def read_csv_rows(path: str | os.PathLike, option: str) -> List[Dict[str, str]]:
     return rows
 
 
+def csv_column(rows: List[Dict[str, str]], name: str, option: str) -> List[str]:
+    """Column ``name`` of CSV ``rows`` as strings; a missing column is a one-line error naming ``--option``."""
+    cols = list(rows[0].keys()) if rows else []
+    if name not in cols:
+        raise ConfigError(f"--{option}: column {name!r} is not in the CSV (columns: {', '.join(cols)})")
+    return [str(r[name]).strip() for r in rows]
+
+
 def match_image_ids(ids: Sequence[str], folder: str | os.PathLike) -> List[str]:
     """The image file of each id: ``folder/<id>`` when it exists, else the file whose stem is the id.
 
@@ -121,7 +129,9 @@ class CsvSource:
         self.multilabel = any(len(ls) != 1 for ls in labels)
         self.classes = sorted({l for ls in labels for l in ls})
         index = {c: i for i, c in enumerate(self.classes)}
-        paths = match_image_ids([r[image_col] for r in rows], image_dir)
+        self.ids = [r[image_col] for r in rows]
+        self._rows = rows
+        paths = match_image_ids(self.ids, image_dir)
         self.samples: List[Tuple[str, Any]] = [
             (path, [index[l] for l in ls] if self.multilabel else index[ls[0]]) for path, ls in zip(paths, labels)]
         # Stratify multi-label data by its first label.
@@ -129,6 +139,17 @@ class CsvSource:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def column(self, name: str, option: str) -> List[str]:
+        """The CSV column ``name``, one value per sample (e.g. ``--group-col`` patient ids)."""
+        return csv_column(self._rows, name, option)
+
+    def label_matrix(self) -> np.ndarray:
+        """(N, C) 0/1 labels of multi-label data (k-fold stratification)."""
+        hot = np.zeros((len(self.samples), len(self.classes)), dtype=np.int64)
+        for i, (_, t) in enumerate(self.samples):
+            hot[i, t] = 1
+        return hot
 
     def __getitem__(self, i: int) -> Tuple[np.ndarray, Any, None]:
         path, target = self.samples[i]

@@ -15,7 +15,7 @@ from ..registry import ConfigError
 from .shapes import ShapesSource
 from .sources import CsvSource, FolderSource, Subset
 
-__all__ = ["DataSplit", "stratified_split", "build_sources"]
+__all__ = ["DataSplit", "stratified_split", "build_sources", "sample_ids"]
 
 
 def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> Tuple[List[int], List[int]]:
@@ -42,6 +42,8 @@ class DataSplit:
     classes: List[str]
     multilabel: bool = False
     meta: Dict[str, Any] = field(default_factory=dict)  # task-specific facts (e.g. a mask mode)
+    full: Any = None   # the whole labelled set train and val were split from (None with --val-data); k-fold splits it
+    folds: Any = None  # the k-fold plan (kernel.run.folds.FoldPlan) when --folds split ``full``
 
 
 def build_sources(data: str, *, val_data: str = "", val_split: float = 0.2, csv_file: str = "",
@@ -76,4 +78,21 @@ def build_sources(data: str, *, val_data: str = "", val_split: float = 0.2, csv_
     tr, va = stratified_split(source.targets, val_split, seed)
     if not va:
         raise ConfigError(f"--val-split {val_split}: too few images ({len(source)}) to hold any out")
-    return DataSplit(Subset(source, tr), Subset(source, va), classes, multilabel)
+    return DataSplit(Subset(source, tr), Subset(source, va), classes, multilabel, full=source)
+
+
+def sample_ids(source: Any, root: str) -> List[str]:
+    """One id per sample of ``source``: its CSV id (``source.ids``), else its path relative to ``root``.
+
+    Ids name images in ``folds.csv`` and ``oof.csv``; relative paths keep them valid when the data
+    is mounted elsewhere (a Kaggle input next time).
+    """
+    ids = getattr(source, "ids", None)
+    if ids is not None:
+        return [str(i) for i in ids]
+    out = []
+    for i in range(len(source)):
+        path = source.path(i)
+        rel = os.path.relpath(path, root) if root else path
+        out.append((path if rel.startswith("..") else rel).replace(os.sep, "/"))
+    return out

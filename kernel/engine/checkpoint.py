@@ -15,6 +15,7 @@ folder, then moved with ``os.replace``, so a run killed mid-write never leaves a
     best_epoch, history      one metrics row per epoch
     position, world_size     where training stands: {"epoch": the epoch in progress, "batch": its batches
                              done (0: at its start), "partial": each process's sums so far}; processes
+    ema                      the moving average of the weights (``--ema``; None without): what prediction uses
 
 Formats 1 (kernel 0.1.0: no ``format``/``task``, ``multilabel`` at the top) and 2 (no ``position``) are
 read as format 3, positioned at the end of their last epoch.
@@ -109,8 +110,9 @@ def make_checkpoint(*, model: nn.Module, task: str, classes: List[str], meta: Di
                     options: Dict[str, Any], epoch: int, best_metric: Optional[float], best_epoch: int,
                     history: List[Dict[str, Any]], optimizer: Any = None, schedule: Any = None,
                     scaler: Any = None, position: Optional[Dict[str, Any]] = None,
-                    rng_ranks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
-    """The checkpoint dict of the schema above (with the current RNG states), from the unwrapped model."""
+                    rng_ranks: Optional[List[Dict[str, Any]]] = None, ema: Optional[nn.Module] = None) -> Dict[str, Any]:
+    """The checkpoint dict of the schema above (with the current RNG states), from the unwrapped model;
+    ``ema``: the module holding the weights' moving average."""
     rng = rng_state()
     ranks = rng_ranks or [rng]
     return {"format": FORMAT, "version": __version__, "task": task, "classes": list(classes), "meta": dict(meta),
@@ -120,7 +122,7 @@ def make_checkpoint(*, model: nn.Module, task: str, classes: List[str], meta: Di
             "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng, "rng_ranks": ranks,
             "epoch": int(epoch), "best_metric": best_metric, "best_epoch": int(best_epoch), "history": list(history),
             "position": dict(position or {"epoch": int(epoch), "batch": 0, "partial": None}),
-            "world_size": len(ranks)}
+            "world_size": len(ranks), "ema": ema.state_dict() if ema is not None else None}
 
 
 def read_checkpoint(path: str | os.PathLike, option: str = "checkpoint") -> Dict[str, Any]:
@@ -166,13 +168,15 @@ def write_classes_json(classes: List[str], path: str | os.PathLike) -> None:
 def load_trained(path: str | os.PathLike) -> Dict[str, Any]:
     """What prediction needs from ``best.pt``/``last.pt`` or ``model.safetensors`` (+ its sidecar files).
 
-    Returns {"model": state_dict, "task", "classes", "meta", "options"}; a safetensors file takes its
-    classes from ``classes.json`` (or its metadata) and its options from ``config.yaml`` beside it.
+    Returns {"model": state_dict, "task", "classes", "meta", "options"}: the EMA weights when the run kept
+    them (``--ema``); a safetensors file takes its classes from ``classes.json`` (or its metadata) and its
+    options from ``config.yaml`` beside it.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         ckpt = read_checkpoint(path)
-        return {k: ckpt[k] for k in ("model", "task", "classes", "meta", "options")}
+        out = {k: ckpt[k] for k in ("task", "classes", "meta", "options")}
+        return {**out, "model": ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]}
     from safetensors import safe_open
 
     state = load_tensors(path, "checkpoint")  # one-line errors for a cut or foreign file

@@ -21,6 +21,8 @@ from torch import nn
 
 from ..registry import ConfigError
 from .amp import autocast
+from .checkpoint import unwrap_model
+from .mixing import hard_targets
 from .distributed import all_reduce_sum, world
 
 __all__ = ["Meter", "TrainingDiverged", "train_one_epoch", "evaluate"]
@@ -115,7 +117,7 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
                     progress: Optional[Callable[[int, int, Callable[[], Dict[str, float]]], None]] = None,
                     start_batch: int = 0, partial: Optional[Dict[str, Any]] = None,
                     on_update: Optional[Callable[[int, Callable[[], Dict[str, Any]]], bool]] = None,
-                    ) -> Dict[str, Any]:
+                    mix: Optional[Any] = None, ema: Optional[Any] = None) -> Dict[str, Any]:
     """One pass over ``loader`` (batches of (images (N,C,H,W), targets)) -> loss, img_per_s, ... + meter's.
 
     The caller puts the model in train mode (see ``kernel.models.train_mode``). Gradients of
@@ -127,6 +129,10 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
     A resumed epoch: ``loader`` yields the batches after ``start_batch`` and ``partial`` (from a
     mid-epoch checkpoint's ``snapshot``) restores the sums so far. ``on_update(batches_done, snapshot)``
     runs after every optimizer update; returning True ends the epoch there (``stopped`` in the result).
+
+    ``mix`` (timm ``Mixup``, see :mod:`kernel.engine.mixing`) turns each batch and its labels into a
+    mixed batch and soft targets (N, C) for the loss; the meter gets their dominant labels. ``ema``
+    (:mod:`kernel.engine.ema`) takes a step after every optimizer update the GradScaler did not skip.
     """
     n_batches = start_batch + (len(loader) if max_batches is None else min(len(loader), max_batches))
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -145,6 +151,8 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         if i >= n_batches:
             break
         images, targets = _to(images, device, channels_last), _to(targets, device)
+        if mix is not None:
+            images, targets = mix(images, targets)
         group_start = (i // accum_steps) * accum_steps
         group_size = min(accum_steps, n_batches - group_start)
         last_of_group = i + 1 == group_start + group_size
@@ -154,11 +162,13 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         loss_sum += loss.detach().double() * images.shape[0]
         bad_streak = torch.where(torch.isfinite(loss.detach()), 0, bad_streak + 1)
         if meter is not None:
-            meter.update(logits.detach(), targets)
+            meter.update(logits.detach(), targets if mix is None else hard_targets(targets, mix.multi_label))
         seen += images.shape[0]
         if last_of_group:
             if _optimizer_step(optimizer, params, scaler, clip_grad):
                 updates, skip_streak = updates + 1, 0
+                if ema is not None:
+                    ema.update(unwrap_model(model))
                 if schedule is not None:
                     schedule.step_update()
             else:

@@ -17,7 +17,7 @@ import torch
 from ..data.images import fit_channel_stats
 from ..paths import atomic_write
 
-__all__ = ["GOOD", "BAD", "new_figure", "save_figure", "denormalize", "plot_curves", "plot_confusion_matrix"]
+__all__ = ["GOOD", "BAD", "new_figure", "save_figure", "denormalize", "plot_curves", "plot_confusion_matrix", "plot_cv"]
 
 GOOD, BAD = "#1a7f37", "#cf222e"  # right / wrong, in every picture
 
@@ -124,3 +124,23 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | os
     return save_figure(fig, path)
 
 
+
+
+def plot_cv(histories: Sequence[List[Dict[str, Any]]], metric: str, path: str | os.PathLike, *, cv_name: str,
+            cv_value: float) -> str:
+    """Each fold's validation ``metric`` against epoch (one line per fold), the CV score as a dashed line."""
+    fig = new_figure(7, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, history in enumerate(histories):
+        y = _column(history, metric)
+        if np.isfinite(y).any():
+            ax.plot(_column(history, "epoch"), y, "o-", ms=3, lw=1.5, label=f"fold {i}")
+    if math.isfinite(cv_value):
+        ax.axhline(cv_value, color="black", ls="--", lw=1.2, label=f"{cv_name} {cv_value:.4g} (all OOF)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{len(histories)}-fold cross-validation: {cv_name} {cv_value:.4g}", fontsize=11)
+    return save_figure(fig, path)

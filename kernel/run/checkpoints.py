@@ -22,6 +22,7 @@ from ..engine.distributed import gather_objects, world
 from ..paths import TMP_SUFFIX, atomic_write, detect_platform, find_in_inputs, resolve_path
 from ..registry import ConfigError
 from ..report import write_metrics_csv
+from .folds import run_name
 from .prepare import Prepared
 
 __all__ = ["FitState", "BASE_COLUMNS", "TIME_COLUMNS", "resume_path", "resume_state", "repair_best", "carry_over",
@@ -55,7 +56,7 @@ def resume_path(opts: Any, run_dir: Path) -> Optional[Path]:
     if opts.resume == "auto":
         found = run_dir / "last.pt" if (run_dir / "last.pt").is_file() else None
         if found is None and detect_platform() == "kaggle":
-            found = find_in_inputs(f"{opts.name}/last.pt")
+            found = find_in_inputs(f"{run_name(opts)}/last.pt")
         if found is None:
             log.info("resume auto: no checkpoint yet, starting fresh")
         return found
@@ -85,6 +86,8 @@ def resume_state(p: Prepared) -> FitState:
         p.schedule.load_state_dict(ckpt["schedule"])
         if p.scaler is not None and ckpt.get("scaler"):
             p.scaler.load_state_dict(ckpt["scaler"])
+        if p.ema is not None:
+            _resume_ema(p, ckpt, path)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ConfigError(f"--resume: {str(path)!r} does not fit this run ({str(e).strip().splitlines()[0][:120]}); "
                           "resume with the options it was trained with (see its config.yaml)") from None
@@ -100,6 +103,15 @@ def resume_state(p: Prepared) -> FitState:
                     partial=pos["partial"] if batch else None, best=ckpt["best_metric"],
                     best_epoch=ckpt["best_epoch"], history=list(ckpt["history"]), last_epoch=ckpt["epoch"],
                     resumed_from=Path(path))
+
+
+def _resume_ema(p: Prepared, ckpt: Dict[str, Any], path: Path) -> None:
+    """The moving average continues from the checkpoint's; one saved without --ema starts from its weights."""
+    if ckpt.get("ema") is not None:
+        p.ema.module.load_state_dict(ckpt["ema"])
+    else:
+        log.warning("--ema: %s was trained without it; the average starts from its weights", path)
+        p.ema.module.load_state_dict(ckpt["model"])
 
 
 def carry_over(p: Prepared, state: FitState) -> None:
@@ -140,7 +152,7 @@ def repair_best(p: Prepared, state: FitState) -> None:
 
 
 def _export(p: Prepared) -> None:
-    export_safetensors(p.model, p.split.classes, p.run_dir / "model.safetensors", task=p.task.name,
+    export_safetensors(p.ema.module if p.ema is not None else p.model, p.split.classes, p.run_dir / "model.safetensors", task=p.task.name,
                        meta=p.task.export_meta(p.split), model_name=p.opts.model, in_chans=p.opts.in_chans)
 
 
@@ -152,7 +164,8 @@ def _checkpoint(p: Prepared, state: FitState, position: Optional[Dict[str, Any]]
     return make_checkpoint(model=p.model, task=p.task.name, classes=p.split.classes, meta=p.task.export_meta(p.split),
                            options=options_to_dict(p.opts), epoch=state.last_epoch, best_metric=state.best,
                            best_epoch=state.best_epoch, history=state.history, optimizer=p.optimizer,
-                           schedule=p.schedule, scaler=p.scaler, position=position, rng_ranks=ranks)
+                           schedule=p.schedule, scaler=p.scaler, position=position, rng_ranks=ranks,
+                           ema=p.ema.module if p.ema is not None else None)
 
 
 def save_epoch(p: Prepared, state: FitState, improved: bool) -> None:

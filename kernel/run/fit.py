@@ -57,11 +57,11 @@ def _train_epoch(p: Prepared, epoch: int, state: FitState, control: StopControl)
                          meter=p.task.meter(p.split, train=True), amp_dtype=p.amp_dtype, scaler=p.scaler,
                          accum_steps=o.accum_steps, clip_grad=o.clip_grad, schedule=p.schedule,
                          channels_last=o.channels_last, start_batch=skip, partial=partial, on_update=on_update,
-                         progress=Progress(f"epoch {epoch}/{o.epochs}", o.log_every))
+                         progress=Progress(f"epoch {epoch}/{o.epochs}", o.log_every), mix=p.mix, ema=p.ema)
     if tr["stopped"]:
         return {"_stopped": True, "_batch": tr["batches_done"]}
     t1 = time.perf_counter()
-    va = evaluate(p.train_model, p.val_loader, p.loss_fn, device=p.device, meter=p.task.meter(p.split, train=False),
+    va = evaluate(p.ema.module if p.ema is not None else p.train_model, p.val_loader, p.loss_fn, device=p.device, meter=p.task.meter(p.split, train=False),
                   amp_dtype=p.amp_dtype, channels_last=o.channels_last)
     control.val_time = time.perf_counter() - t1
     _time_report(epoch, tr)

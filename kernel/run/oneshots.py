@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, Optional
 
+import torch
+
 from ..augment import save_aug_grid, seed_worker
 from ..data import REPORT, ReadGuard, TransformedDataset, build_loader, read_report
-from ..engine import resolve_device
+from ..engine import make_scaler, resolve_amp_dtype, resolve_device
 from ..models import list_models
 from ..options import Options
 from ..report import summary_table
 from ..schedule import format_lr_table, preview_lr
 from ..tasks import get_task
+from .lr_find import find_lr, plot_lr_find
 from .prepare import hw, prepare_data, prepare_loaders, prepare_model, prepare_optimization, run_dir_of
 
 __all__ = ["ONE_SHOTS", "requested"]
@@ -98,9 +101,30 @@ def _check_data(opts: Options) -> Dict[str, Any]:
     return {"check_data": len(bad), "exit_code": 1 if bad else 0}
 
 
+def _find_lr(opts: Options) -> Dict[str, Any]:
+    """The LR range test on the training data with the run's model, loss and optimizer; nothing is saved but
+    the picture (the model is built here and thrown away; find_lr also puts everything back)."""
+    task, device = get_task(opts.task), resolve_device(opts.device)
+    split = prepare_data(opts, task)
+    model, dcfg = prepare_model(opts, task, split)
+    train_loader, _, sampler = prepare_loaders(opts, task, split, dcfg, device)
+    sampler.set_epoch(1)
+    loss_fn, optimizer, _, _ = prepare_optimization(opts, task, split, model, len(train_loader))
+    model.to(device)
+    if opts.channels_last:
+        model.to(memory_format=torch.channels_last)
+    amp_dtype = resolve_amp_dtype(device, opts.amp, opts.amp_dtype)
+    result = find_lr(model, train_loader, loss_fn.to(device), optimizer, device=device, steps=opts.find_lr_steps, amp_dtype=amp_dtype,
+                     scaler=make_scaler(device, amp_dtype), channels_last=opts.channels_last, clip_grad=opts.clip_grad)
+    path = plot_lr_find(result, run_dir_of(opts) / "lr_find.png")
+    print(f"suggested LR: {result['suggestion']:.3g} (steepest descent of the smoothed loss; {result['steps']} steps"
+          f"{', stopped when the loss diverged' if result['stopped_early'] else ''}); plot: {path}")
+    return {"find_lr": result["suggestion"], "plot": path, "steps": result["steps"]}
+
+
 ONE_SHOTS: Dict[str, Callable[[Options], Dict[str, Any]]] = {
     "list_models": _list_models, "summary": _summary, "show_aug": _show_aug, "preview_lr": _preview_lr,
-    "check_data": _check_data}
+    "check_data": _check_data, "find_lr": _find_lr}
 
 
 def requested(opts: Options) -> Optional[str]:

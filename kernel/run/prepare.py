@@ -22,19 +22,22 @@ from torch import nn
 
 from ..augment import seed_worker
 from ..data import REPORT, DataSplit, EpochSampler, ReadGuard, Subset, TransformedDataset, build_loader
-from ..engine import create_optimizer, make_scaler, param_groups, resolve_amp_dtype, resolve_device
+from ..engine import (check_soft_targets, create_ema, create_mixup, create_optimizer, make_scaler, param_groups,
+                      resolve_amp_dtype, resolve_device)
 from ..engine.distributed import world
 from ..losses import create_loss
 from ..models import model_summary, set_backbone_frozen
 from ..options import Options
 from .. import __version__
-from ..paths import default_output_dir, detect_platform, resolve_path
+from ..paths import detect_platform, resolve_path
 from ..registry import ConfigError, parse_kwargs
 from ..schedule import LRSchedule, create_scheduler
 from ..tasks import Task, detect_task, get_task, monitor_mode
+from .folds import fold_number, plan_folds, run_root, split_for_fold
 
 __all__ = ["DRY_RUN", "Prepared", "hw", "backbone_frozen", "effective_options", "seed_everything", "run_dir_of",
-           "read_guard", "prepare_data", "prepare_model", "prepare_loaders", "prepare_optimization", "prepare"]
+           "read_guard", "prepare_data", "prepare_model", "prepare_loaders", "prepare_optimization", "prepare_mixing",
+           "prepare"]
 
 log = logging.getLogger("kernel")
 DRY_RUN = dict(train_batches=3, val_batches=2, epochs=2, batch_size=8)  # what --dry-run shrinks the run to
@@ -61,6 +64,8 @@ class Prepared:
     steps_per_epoch: int
     amp_dtype: Optional[torch.dtype]
     scaler: Optional[torch.amp.GradScaler]
+    mix: Any = None             # timm Mixup (--mixup, --cutmix, --label-smoothing) or None
+    ema: Any = None             # timm ModelEmaV3 (--ema) or None; .module is the average
     frozen: Optional[bool] = None  # the backbone's state when train_model was built
 
 
@@ -115,8 +120,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def run_dir_of(opts: Options) -> Path:
-    """``--output``/``--name``, or the platform's default output root (``/kaggle/working`` on Kaggle)."""
-    return Path(opts.output) / opts.name if opts.output else default_output_dir(opts.name)
+    """The run folder: ``--output``/``--name`` (``/kaggle/working/NAME`` on Kaggle), ``.../fold{i}`` in a k-fold run."""
+    root = run_root(opts)
+    return root / f"fold{fold_number(opts)}" if opts.folds else root
 
 
 def _subset(source: Any, n: int, seed: int) -> Subset:
@@ -124,16 +130,21 @@ def _subset(source: Any, n: int, seed: int) -> Subset:
     return Subset(source, sorted(keep.tolist()))
 
 
-def prepare_data(opts: Options, task: Task) -> DataSplit:
-    """The task's train/val sources for ``opts`` (paths found on Kaggle too); a subset for ``--dry-run``."""
+def prepare_data(opts: Options, task: Task, new_folds: bool = False) -> DataSplit:
+    """The task's train/val sources for ``opts`` (paths found on Kaggle too): ``--fold``'s split in a k-fold
+    run (``new_folds``: split again, see :func:`kernel.run.folds.plan_folds`); a subset for ``--dry-run``."""
     paths = {k: getattr(opts, k) if getattr(opts, k) in ("", "shapes") else resolve_path(getattr(opts, k), k.replace("_", "-"))
              for k in ("data", "val_data")}
-    split = task.build_data(dataclasses.replace(opts, **paths))
+    resolved = dataclasses.replace(opts, **paths)
+    split = task.build_data(resolved)
+    if opts.folds:
+        split = split_for_fold(split, plan_folds(resolved, task, split, new=new_folds))
     if opts.dry_run:
         split.train = _subset(split.train, DRY_RUN["train_batches"] * opts.batch_size, opts.seed)
         split.val = _subset(split.val, DRY_RUN["val_batches"] * opts.batch_size, opts.seed)
-    log.info("data: %d train / %d val images, %d classes%s", len(split.train), len(split.val), len(split.classes),
-             " (multi-label)" if split.multilabel else "")
+    log.info("data: %d train / %d val images, %d classes%s%s", len(split.train), len(split.val), len(split.classes),
+             " (multi-label)" if split.multilabel else "",
+             f"; fold {split.folds.fold} of {split.folds.k}" if split.folds is not None else "")
     return split
 
 
@@ -200,19 +211,35 @@ def prepare_optimization(opts: Options, task: Task, split: DataSplit, model: nn.
     return loss_fn, optimizer, schedule, steps_per_epoch
 
 
-def prepare(opts: Options) -> Prepared:
+def prepare_mixing(opts: Options, task: Task, split: DataSplit, loss_fn: nn.Module) -> Any:
+    """timm ``Mixup`` for ``--mixup``/``--cutmix``/``--label-smoothing`` (None when off), its loss checked."""
+    mix = create_mixup(opts.mixup, opts.cutmix, opts.mixup_prob, opts.mixup_switch_prob, opts.label_smoothing,
+                       len(split.classes), split.multilabel)
+    if mix is None:
+        return None
+    if opts.batch_size % 2:  # timm mixes each image with the batch's mirror image
+        raise ConfigError(f"--batch-size {opts.batch_size}: Mixup/CutMix pair the images of a batch; use an even "
+                          "batch size")
+    check_soft_targets(loss_fn, task.default_loss(split) if opts.loss == "auto" else str(opts.loss),
+                       len(split.classes))
+    return mix
+
+
+def prepare(opts: Options, new_folds: bool = False) -> Prepared:
     """Build every part of a run from effective options (see :func:`effective_options`).
 
-    Seeds first, so data splits, initial weights and augmentations follow ``--seed``.
+    Seeds first, so data splits, initial weights and augmentations follow ``--seed``. ``new_folds``:
+    a fresh ``--fold all`` makes a new k-fold split (see :func:`prepare_data`).
     """
     seed_everything(opts.seed, opts.deterministic)
     task, device = get_task(opts.task), resolve_device(opts.device)
     log.info("kernel %s on %s (%s), torch %s; task %s", __version__, detect_platform(), device, torch.__version__,
              task.name)
-    split = prepare_data(opts, task)
+    split = prepare_data(opts, task, new_folds)
     model, dcfg = prepare_model(opts, task, split)
     train_loader, val_loader, sampler = prepare_loaders(opts, task, split, dcfg, device)
     loss_fn, optimizer, schedule, spe = prepare_optimization(opts, task, split, model, len(train_loader))
+    mix = prepare_mixing(opts, task, split, loss_fn)
     amp_dtype = resolve_amp_dtype(device, opts.amp, opts.amp_dtype)
     scaler = make_scaler(device, amp_dtype)
     if opts.sync_bn and world().size > 1:
@@ -223,7 +250,10 @@ def prepare(opts: Options) -> Prepared:
     loss_fn.to(device)
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
+    ema = create_ema(model, opts.ema) if opts.ema else None  # a copy of the weights as placed on the device
+    if ema is not None:
+        log.info("EMA of the weights (decay %g): validation, best.pt and model.safetensors use it", opts.ema)
     return Prepared(opts=opts, task=task, device=device, run_dir=run_dir_of(opts), split=split, model=model,
                     train_model=None, dcfg=dcfg, train_loader=train_loader, val_loader=val_loader,
                     train_sampler=sampler, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
-                    steps_per_epoch=spe, amp_dtype=amp_dtype, scaler=scaler)
+                    steps_per_epoch=spe, amp_dtype=amp_dtype, scaler=scaler, mix=mix, ema=ema)

@@ -29,6 +29,8 @@ class Task:
     metric_panel: Panel = ("", ())   # the middle panel of curves.png
     default_out: str = ""            # what kernel.predict writes when --out is not given
     out_is_folder: bool = False      # --out names a folder (masks) rather than a file
+    stratify_folds: bool = False     # k-fold splits keep each label's share (else they split by image)
+    cv_name: str = ""                # the name of the cross-validation score in summary.json
 
     # -- data and model ---------------------------------------------------------------------
     def build_data(self, opts: Any) -> Any:
@@ -90,4 +92,19 @@ class Task:
 
     def predict(self, trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any], device: Any) -> Dict[str, Any]:
         """Predict ``items`` ((id, path) pairs) with a trained model; write the outputs ``popts`` asks for."""
+        raise NotImplementedError
+
+    # -- k-fold -------------------------------------------------------------------------------
+    def activation(self, meta: Dict[str, Any]) -> str:
+        """How logits become probabilities: "softmax" (over dim 1) or "sigmoid" (fold ensembles average those)."""
+        raise NotImplementedError
+
+    def oof(self, model: nn.Module, loader: Any, split: Any, ids: List[str], fold: int, device: Any, amp_dtype: Any,
+            mask_dir: Any) -> Tuple[List[str], List[List[Any]]]:
+        """(header, rows) of ``oof.csv`` for the validation images of ``loader`` (in ``split.val`` order, named
+        by ``ids``); ``mask_dir``: where predicted masks go, if the task has any."""
+        raise NotImplementedError
+
+    def cv_metric(self, header: List[str], rows: List[List[Any]], split: Any) -> float:
+        """The cross-validation score (``cv_name``) over every fold's OOF rows."""
         raise NotImplementedError

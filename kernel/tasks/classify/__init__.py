@@ -22,6 +22,7 @@ from ...report import plots
 from ...registry import ConfigError
 from ..base import Task
 from .metrics import ClassifyMeter, accuracy, per_class_stats, write_per_class_csv
+from .oof import cv_accuracy, oof_table
 from .outputs import write_predictions_csv, write_submission
 from .pictures import plot_predictions, sample_indices
 
@@ -37,6 +38,8 @@ class ClassifyTask(Task):
     columns = ("train_acc", "val_acc", "val_acc5")
     metric_panel = ("accuracy (%)", [("train_acc", "train"), ("val_acc", "val"), ("val_acc5", "val top-5")])
     default_out = "predictions.csv"
+    stratify_folds = True
+    cv_name = "cv_acc"
 
     def build_data(self, opts: Any) -> DataSplit:
         return build_sources(opts.data, val_data=opts.val_data, val_split=opts.val_split, csv_file=opts.csv,
@@ -116,6 +119,16 @@ class ClassifyTask(Task):
                 multilabel=multilabel)
             log.info("wrote %s", popts["submission"])
         return result
+
+    def activation(self, meta: Dict[str, Any]) -> str:
+        return "sigmoid" if meta.get("multilabel") else "softmax"
+
+    def oof(self, model: nn.Module, loader: Any, split: DataSplit, ids: List[str], fold: int,
+            device: torch.device, amp_dtype: Any, mask_dir: Any) -> Tuple[List[str], List[List[Any]]]:
+        return oof_table(model, loader, ids, fold, split.classes, split.multilabel, device, amp_dtype)
+
+    def cv_metric(self, header: List[str], rows: List[List[Any]], split: DataSplit) -> float:
+        return cv_accuracy(header, rows, split.multilabel)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from ...report import plots
 from ..base import Task
 from .data import build_seg_sources, decode_multilabel
 from .metrics import SegMeter
+from .oof import cv_miou, oof_table
 from .pictures import plot_overlays, write_seg_per_class_csv
 
 __all__ = ["SegmentTask", "SegMeter", "build_seg_sources", "SEG_IMG_SIZE", "N_PICTURES"]
@@ -58,6 +59,7 @@ class SegmentTask(Task):
     metric_panel = ("IoU / Dice", [("train_miou", "train mIoU"), ("val_miou", "val mIoU"), ("val_dice", "val Dice")])
     default_out = "masks"
     out_is_folder = True
+    cv_name = "cv_miou"
 
     def build_data(self, opts: Any) -> DataSplit:
         split = build_seg_sources(opts.data, val_data=opts.val_data, val_split=opts.val_split, csv_file=opts.csv,
@@ -76,6 +78,10 @@ class SegmentTask(Task):
         return {} if ignore_index(split) is None else {"ignore_index": ignore_index(split)}
 
     def check(self, opts: Any, split: DataSplit, loss: Any) -> None:
+        mixing = [f"--{n.replace('_', '-')}" for n in ("mixup", "cutmix", "label_smoothing") if getattr(opts, n)]
+        if mixing:
+            raise ConfigError(f"{mixing[0]}: mixes the labels of whole images (classification); segmentation masks "
+                              "are not mixed this way: drop it")
         if split.meta["mode"] != "multiclass" and loss in ("ce", "dice+ce"):
             raise ConfigError(f"--loss {loss}: this is {split.meta['mode']} segmentation (one sigmoid per class); "
                               "use --loss dice+bce (or auto)")
@@ -129,6 +135,17 @@ class SegmentTask(Task):
                 device: torch.device) -> Dict[str, Any]:
         from .predict import predict_masks
         return predict_masks(trained, items, popts, device)
+
+    def activation(self, meta: Dict[str, Any]) -> str:
+        return "softmax" if meta["mode"] == "multiclass" else "sigmoid"
+
+    def oof(self, model: nn.Module, loader: Any, split: DataSplit, ids: List[str], fold: int,
+            device: torch.device, amp_dtype: Any, mask_dir: Any) -> Tuple[List[str], List[List[Any]]]:
+        return oof_table(model, loader, lambda j: split.val[j][2], self.target(split), ids, fold, split.classes,
+                         split.meta, device, amp_dtype, Path(mask_dir))
+
+    def cv_metric(self, header: List[str], rows: List[List[Any]], split: DataSplit) -> float:
+        return cv_miou(header, rows, split.meta, split.classes)
 
 
 def _table_names(split: DataSplit) -> List[str]:

@@ -18,16 +18,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...data import (DataSplit, ShapesSource, SHAPE_CLASSES, Subset, draw_shape, is_image_file, load_image,
-                     match_image_ids, read_csv_rows, stratified_split)
-from ...paths import atomic_write
+from ...data import (DataSplit, Subset, csv_column, is_image_file, load_image, match_image_ids, read_csv_rows,
+                     stratified_split)
 from ...registry import ConfigError, did_you_mean
-from .masks import palette, read_class_names, read_mask, write_mask_png
-from .rle import check_order, rle_decode, rle_encode
+from .masks import palette, read_class_names, read_mask
+from .rle import check_order, rle_decode
+from .shapes import ShapesSegSource
 
 __all__ = ["MODES", "IGNORE_INDEX", "MAX_MULTILABEL", "encode_multilabel", "decode_multilabel", "infer_mode",
-           "SegFolderSource", "RleCsvSource", "ShapesSegSource", "build_seg_sources", "write_shapes_seg",
-           "write_shapes_rle"]
+           "SegFolderSource", "RleCsvSource", "build_seg_sources"]
 
 MODES = ("auto", "binary", "multiclass", "multilabel")
 IGNORE_INDEX = 255  # index masks: pixels of this value are left out of losses and metrics
@@ -200,13 +199,16 @@ class RleCsvSource:
         self.mode = self._resolve_mode(_check_mode(mode), class_col, rows, classes, rle_given)
         index = {c: k for k, c in enumerate(self.names)}
         grouped: Dict[str, List[Tuple[int, str]]] = {}
+        first: Dict[str, Dict[str, str]] = {}  # each image's first row: its other columns (e.g. a group)
         for r in rows:
+            first.setdefault(str(r[image_col]), r)
             value = str(r[class_col]).strip() if class_col else ""
             if class_col and value not in index:
                 raise ConfigError(f"--class-col: class {value!r} of image {r[image_col]!r} is not among the "
                                   f"classes given ({', '.join(self.names)}); add it to the class list")
             grouped.setdefault(str(r[image_col]), []).append((index.get(value, 0), str(r[rle_col] or "")))
         ids = list(grouped)
+        self.ids, self._rows = ids, [first[i] for i in ids]
         self.samples = list(zip(ids, match_image_ids(ids, image_dir), (grouped[i] for i in ids)))
         self.targets = [_dominant(runs) for _, _, runs in self.samples]
 
@@ -227,6 +229,10 @@ class RleCsvSource:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def column(self, name: str, option: str) -> List[str]:
+        """The CSV column ``name``, one value per image (its first row's), e.g. ``--group-col``."""
+        return csv_column(self._rows, name, option)
 
     def path(self, i: int) -> str:
         return self.samples[i][1]
@@ -251,24 +257,6 @@ class RleCsvSource:
                                       "'multilabel' for overlapping classes")
                 mask[m] = k + 1
         return image, None, mask
-
-
-class ShapesSegSource(ShapesSource):
-    """The built-in shapes as segmentation: background + 4 shapes, multiclass, index masks (int32)."""
-
-    classes = ["background"] + SHAPE_CLASSES
-    mode = "multiclass"
-
-    def __init__(self, n: int = 800, seed: int = 0, size: int = 64):
-        super().__init__(n, seed, size)
-        self.targets = [t + 1 for t in self.targets]
-
-    def path(self, i: int) -> str:
-        return f"shapes/{i:05d}.png"  # no file: the name write_shapes_seg would give it
-
-    def __getitem__(self, i: int) -> Tuple[np.ndarray, None, np.ndarray]:
-        image, mask = draw_shape(self.targets[i] - 1, self.seed, i, self.size)
-        return image, None, mask.astype(np.int32)
 
 
 def _pick_source(data: str, csv_file: str, image_dir: str, image_col: str, rle_col: str, class_col: str,
@@ -322,28 +310,4 @@ def build_seg_sources(data: str, *, val_data: str = "", val_split: float = 0.2, 
     tr, va = stratified_split(source.targets, val_split, seed)
     if not va:
         raise ConfigError(f"--val-split {val_split}: too few images ({len(source)}) to hold any out")
-    return DataSplit(Subset(source, tr), Subset(source, va), classes, multilabel, meta)
-
-
-def write_shapes_seg(root: str | os.PathLike, n: int = 20, seed: int = 0, size: int = 64) -> Path:
-    """Write shapes as ``root/images/<id>.png``, palette index masks ``root/masks/<id>.png``, ``root/classes.txt``."""
-    root, src = Path(root), ShapesSegSource(n, seed, size)
-    for i in range(n):
-        image, _, mask = src[i]
-        atomic_write(root / "images" / f"{i:05d}.png", lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
-        write_mask_png(mask, root / "masks" / f"{i:05d}.png", palette(len(src.classes)))
-    atomic_write(root / "classes.txt", lambda t: Path(t).write_text("\n".join(src.classes) + "\n", encoding="utf-8"))
-    return root
-
-
-def write_shapes_rle(root: str | os.PathLike, n: int = 20, seed: int = 0, size: int = 64, order: str = "F") -> Path:
-    """Write ``root/train_images/<id>.png`` and ``root/train.csv``: ImageId,ClassId,EncodedPixels, a row per
-    image and class, ClassId 1..4 (shape class k is ClassId k + 1), an empty RLE for an absent class."""
-    root, src = Path(root), ShapesSource(n, seed, size)
-    lines = ["ImageId,ClassId,EncodedPixels"]
-    for i in range(n):
-        image, _, mask = src[i]
-        atomic_write(root / "train_images" / f"{i:05d}.png", lambda t: Image.fromarray(image).save(t, format="PNG"))
-        lines += [f"{i:05d}.png,{k + 1},{rle_encode(mask == k + 1, order)}" for k in range(len(SHAPE_CLASSES))]
-    atomic_write(root / "train.csv", lambda t: Path(t).write_text("\n".join(lines) + "\n", encoding="utf-8"))
-    return root
+    return DataSplit(Subset(source, tr), Subset(source, va), classes, multilabel, meta, full=source)

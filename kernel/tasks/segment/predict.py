@@ -29,7 +29,8 @@ from ..classify.outputs import read_sample_submission
 from .masks import palette, write_mask_png
 from .rle import rle_encode
 
-__all__ = ["predict_logits", "logits_to_masks", "remove_small_regions", "predict_masks", "submission_rows"]
+__all__ = ["predict_logits", "logits_to_masks", "remove_small_regions", "mask_palette", "write_masks", "predict_masks",
+           "submission_rows"]
 
 log = logging.getLogger("kernel")
 
@@ -82,28 +83,41 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", str(name))
 
 
+def mask_palette(meta: Dict[str, Any], classes: Sequence[str]) -> List[int]:
+    """The PNG palette of a run's index masks: its class colours (multilabel masks are 0/1 per class)."""
+    mode = meta["mode"]
+    return palette(max(len(classes), 2), [tuple(c) for c in meta["colors"]] if mode != "multilabel" else None)
+
+
+def write_masks(masks: np.ndarray, out: Path, stem: str, mode: str, classes: Sequence[str], pal: List[int]) -> None:
+    """``out/<stem>.png`` (an index mask (H, W), palette ``pal``), or for multilabel masks (C, H, W) one 0/1
+    ``out/<stem>_<class>.png`` per class."""
+    if mode == "multilabel":
+        for name, m in zip(classes, masks):
+            write_mask_png(m.astype(np.uint8), out / f"{stem}_{_safe_name(name)}.png", palette(2))
+    else:
+        write_mask_png(masks, out / f"{stem}.png", pal)
+
+
 def predict_masks(trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
                   device: torch.device) -> Dict[str, Any]:
     """Write one mask per image into ``popts['out']`` and, when asked, the RLE submission; see the module doc."""
     mode, classes = trained.meta["mode"], trained.classes
     out = Path(popts["out"])
-    pal = palette(max(len(classes), 2), [tuple(c) for c in trained.meta["colors"]] if mode != "multilabel" else None)
+    pal = mask_palette(trained.meta, classes)
     order = trained.options.get("rle_order", "F")
     rows: Dict[int, List[Tuple[str, str]]] = {}  # image index -> [(class name, rle)]
     for i, logits in predict_logits(trained, [p for _, p in items], device=device, batch_size=popts["batch_size"],
                                     workers=popts["workers"], amp=popts["amp"], tta=popts["tta"]):
-        stem = Path(items[i][1]).stem
         masks = logits_to_masks(logits, mode, popts["threshold"])
         if mode == "multilabel":
-            per_class = [remove_small_regions(m.astype(np.uint8), popts["min_area"]) for m in masks]
-            for name, m in zip(classes, per_class):
-                write_mask_png(m, out / f"{stem}_{_safe_name(name)}.png", palette(2))
-            rows[i] = [(name, rle_encode(m, order)) for name, m in zip(classes, per_class)]
+            masks = np.stack([remove_small_regions(m.astype(np.uint8), popts["min_area"]) for m in masks])
+            rows[i] = [(name, rle_encode(m, order)) for name, m in zip(classes, masks)]
         else:
-            m = remove_small_regions(masks, popts["min_area"])
-            write_mask_png(m, out / f"{stem}.png", pal)
+            masks = remove_small_regions(masks, popts["min_area"])
             fg = classes[1:] if len(classes) > 1 else classes
-            rows[i] = [(name, rle_encode(m == k + 1, order)) for k, name in enumerate(fg)]
+            rows[i] = [(name, rle_encode(masks == k + 1, order)) for k, name in enumerate(fg)]
+        write_masks(masks, out, Path(items[i][1]).stem, mode, classes, pal)
     log.info("predicted %d masks%s -> %s", len(items), " (flip TTA)" if popts["tta"] else "", out)
     result: Dict[str, Any] = {"images": len(items), "masks": str(out)}
     if popts["submission"]:
