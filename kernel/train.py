@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -67,7 +67,7 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
     opts = effective_options(opts)
     p = prepare(opts, new_folds=start_over)
     state = resume_state(p)
-    predict_spec = _check_predict_section(opts)
+    predict_spec, n_predict = _check_predict_section(opts)
     if world().main:
         attach_log_file(p.run_dir)  # from here on the run folder is ours to write
         _tidy_run_dir(p.run_dir, fresh=state.resumed_from is None)
@@ -82,7 +82,6 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
     reporter = EpochReporter(p.run_dir, task=p.task, split=p.split, dcfg=p.dcfg, monitor=opts.monitor,
                              val_dataset=p.val_loader.dataset, tensorboard=opts.tensorboard and world().main,
                              start_epoch=state.start_epoch, every=opts.plot_every)
-    n_predict = len(collect_inputs(predict_spec["inputs"])) if predict_spec else 0
     with StopSignals() as signals:
         control = StopControl(**resolve_durations(opts.time_limit, opts.save_every), signals=signals,
                               start=process_start(), predict_reserve=lambda: 0.0)
@@ -134,12 +133,15 @@ def _tidy_run_dir(run_dir: Path, fresh: bool) -> None:
         (run_dir / OOF).unlink(missing_ok=True)
 
 
-def _check_predict_section(opts: Options) -> Optional[Dict[str, Any]]:
-    """The config's ``predict:`` section with its paths found, before hours of training, not after."""
+def _check_predict_section(opts: Options) -> Tuple[Optional[Dict[str, Any]], int]:
+    """The config's ``predict:`` section with its paths found and its images counted, before hours of
+    training, not after: (section or None, number of images)."""
     if not opts.predict:
-        return None
+        return None, 0
     from .predict import resolve_predict_section
-    return resolve_predict_section(opts.predict)
+    spec = resolve_predict_section(opts.predict)
+    return spec, len(collect_inputs(spec["inputs"], image_dir=spec.get("image_dir") or "",
+                                    image_col=spec.get("image_col") or ""))
 
 
 def in_group(payload: Dict[str, Any]) -> int:

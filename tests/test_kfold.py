@@ -22,6 +22,7 @@ from kernel.data import write_shapes
 from kernel.models import FoldEnsemble, mean_probabilities
 from kernel.predict import load_for_prediction, main as predict_main
 from kernel.run import effective_options
+from kernel.run.folds import carry_over_root, fold_finished
 from kernel.run.prepare import prepare_data
 from kernel.tasks import get_task
 from kernel.tasks.classify import predict_probs
@@ -248,6 +249,28 @@ def test_fold_all_killed_inside_fold_1_resumes_exactly_without_retraining(more_d
         assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
     assert (tmp_path / "full" / "oof.csv").read_text() == (cut / "oof.csv").read_text()
     assert Counter(r["fold"] for r in _read(cut / "oof.csv")) == Counter(r["fold"] for r in _read(cut / "folds.csv"))
+
+
+@pytest.mark.parametrize("resume", ["auto", ""])
+def test_the_next_kaggle_version_carries_the_kfold_run_over(tmp_path, monkeypatch, resume):
+    """Version 2 mounts version 1's /kaggle/working read-only: with --resume auto its k-fold folder (finished
+    folds, the fold in progress, folds.csv) is copied into this version's, temp files left behind."""
+    inputs, working = tmp_path / "input", tmp_path / "working"
+    prev = inputs / "notebooks" / "alice" / "kernel-train" / "cv"
+    for name, text in (("folds.csv", "image,fold\n"), ("fold0/oof.csv", "path\n"), ("fold1/last.pt", "x"),
+                       ("fold1/.last.pt.123.tmp", "cut")):
+        (prev / name).parent.mkdir(parents=True, exist_ok=True)
+        (prev / name).write_text(text)
+    for key, value in (("KAGGLE_KERNEL_RUN_TYPE", "Batch"), ("KERNEL_KAGGLE_INPUT", str(inputs)),
+                       ("KERNEL_KAGGLE_WORKING", str(working))):
+        monkeypatch.setenv(key, value)
+    carry_over_root(parse_options(["--folds", "3", "--name", "cv", "--resume", resume]))
+    if not resume:  # a fresh run starts over: nothing is carried
+        assert not (working / "cv").exists()
+        return
+    assert fold_finished(working / "cv", 0) and not fold_finished(working / "cv", 1)
+    assert (working / "cv" / "fold1" / "last.pt").read_text() == "x" and (working / "cv" / "folds.csv").is_file()
+    assert not (working / "cv" / "fold1" / ".last.pt.123.tmp").exists()
 
 
 # ------------------------------------------------------------------------------------------------ segmentation
