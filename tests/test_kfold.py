@@ -220,7 +220,7 @@ def _kill_inside_fold_1(cmd: list) -> None:
 
 @pytest.fixture(scope="module")
 def more_data(tmp_path_factory) -> Path:
-    return write_shapes(tmp_path_factory.mktemp("kfold-kill"), n=240, seed=0, size=32) / "train"
+    return write_shapes(tmp_path_factory.mktemp("kfold-kill"), n=144, seed=0, size=32) / "train"
 
 
 def test_fold_all_killed_inside_fold_1_resumes_exactly_without_retraining(more_data, tmp_path):

@@ -34,7 +34,7 @@ def seg_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
     data = write_shapes_seg(root / "data", n=240, seed=0, size=64)
     assert main(_args(root / "runs", "--data", str(data), "--model", "resnet18", "--epochs", "12", "--lr", "0.001",
-                      "--batch-size", "8", "--aug", "none", "--seed", "2", "--deterministic", "--name", "s")) == 0
+                      "--batch-size", "8", "--aug", "none", "--seed", "2", "--deterministic", "--plot-every", "1000", "--name", "s")) == 0
     return root / "runs" / "s", data
 
 
