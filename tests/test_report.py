@@ -227,3 +227,33 @@ def test_multilabel_run_reports_binary_stats_and_submits_label_sets(tmp_path):
         sub = list(csv.reader(fh))
     assert sub[0] == ["id", "label"] and len(sub) == 65
     assert all(r[1] and set(r[1].split()) <= set(SHAPE_CLASSES) | {"odd"} for r in sub[1:])
+
+
+def test_pictures_are_drawn_every_few_seconds_from_the_start_and_at_the_end(tmp_path):
+    """--plot-every counts from the start of training: a run shorter than it draws once, at the end; a longer
+    one draws when the interval has passed, with the best epoch's files drawn from the epoch that was best."""
+    from kernel.report import EpochReporter
+
+    class Task:
+        metric_panel = ("accuracy", [("val_acc", "val")])
+
+        def __init__(self):
+            self.best = []
+
+        def write_best(self, run_dir, epoch, val, split, val_dataset, dcfg, safe):
+            self.best.append(epoch)
+
+    now = [0.0]
+    task = Task()
+    reporter = EpochReporter(tmp_path, task=task, split=None, dcfg={}, monitor="val_acc", tensorboard=False,
+                             every=10.0, clock=lambda: now[0])
+    history = []
+    for epoch, t, improved in [(1, 3.0, True), (2, 6.0, False), (3, 11.0, True), (4, 14.0, True)]:
+        now[0] = t
+        history.append({"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.2 / epoch, "val_acc": 10.0 * epoch,
+                        "lr": 0.1})
+        reporter.on_epoch_end(epoch, history, {}, improved=improved, best_epoch=epoch if improved else 1)
+        assert (tmp_path / "curves.png").is_file() == (epoch >= 3), epoch  # first drawn 10 s in (epoch 3)
+    assert task.best == [3]
+    reporter.on_train_end()
+    assert task.best == [3, 4]  # the end draws what was still waiting

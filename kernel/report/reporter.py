@@ -10,8 +10,9 @@ after every epoch's checkpoint, ``on_train_end`` at the end. It keeps these file
 * ``tb/``          TensorBoard events: scalars every epoch, sample images, the model graph
 
 Drawing takes a second or two; with short epochs it would cost more than the training. Pictures
-are therefore redrawn at most every ``every`` seconds (``--plot-every``; 0: every epoch) and always
-at the end, so a finished run has them all and a killed one lags by at most that long. The
+are therefore drawn at most every ``every`` seconds from the start (``--plot-every``; 0: every epoch)
+and always at the end, so a finished run has them all, a killed one lags by at most that long, and a
+run shorter than ``every`` draws once. The
 best epoch's outputs wait in memory until they are drawn. A failing plot logs a warning and never
 fails the run; TensorBoard scalars are written every epoch (cheap).
 """
@@ -46,7 +47,7 @@ class EpochReporter:
                                          purge_step=start_epoch if start_epoch > 1 else None)
         self._plots_ok = True
         self._fresh = start_epoch <= 1  # a resumed run's events already hold the graph and samples
-        self._last_draw: Optional[float] = None
+        self._last_draw = clock()  # counted from the start: a run shorter than ``every`` draws once, at the end
         self._pending_best: Optional[tuple] = None  # (epoch, val outputs) not drawn yet
         self._history: List[Dict[str, Any]] = []
         self._best_epoch = 0
@@ -83,7 +84,7 @@ class EpochReporter:
         if improved:
             self._pending_best = (epoch, val)
         now = self.clock()
-        if self._last_draw is None or now - self._last_draw >= self.every:
+        if now - self._last_draw >= self.every:
             self.draw()
 
     def draw(self) -> None:
