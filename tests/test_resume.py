@@ -119,6 +119,24 @@ def test_segmentation_killed_twice_at_random_moments_resumes_bit_identical(tmp_p
     _same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
 
 
+def test_unreadable_images_keep_a_killed_run_with_workers_bit_identical(tmp_path):
+    """2 % of the training images cut short: the run goes on past them (limit 5 %), and killed once and resumed
+    with 2 workers it ends with the weights of an uninterrupted run with 0 workers (replacements are seeded)."""
+    data = write_shapes(tmp_path / "d", n=120, seed=0, size=32) / "train"
+    images = sorted(data.rglob("*.png"))
+    for path in images[5::len(images) // 2][:2]:  # 2 of the ~96 training images
+        path.write_bytes(path.read_bytes()[:60])
+    full = subprocess.run(_cmd(data, tmp_path, "full", "0", 3, "--bad-images-limit", "0.05"), env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert len((tmp_path / "full" / "bad_images.txt").read_text().splitlines()) == 2
+    cut = _cmd(data, tmp_path, "cut", "2", 3, "--bad-images-limit", "0.05", "--resume", "auto", "--save-every", "0.3")
+    _kill_at_random_moments([cut], seed=1)
+    done = subprocess.run(cut, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "resumed from" in done.stderr, done.stderr[-3000:]
+    _same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
+
+
 def test_time_limit_stops_cleanly_and_the_resumed_run_is_exact(data, uninterrupted, tmp_path):
     (tmp_path / "cfg.yaml").write_text(f"predict:\n  inputs: [{data / 'circle'}]\n  workers: 0\n")
     stop = subprocess.run(_cmd(data, tmp_path, "tl", "0", 3, "--config", str(tmp_path / "cfg.yaml"),
