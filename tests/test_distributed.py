@@ -161,3 +161,27 @@ def test_unfreezing_under_ddp_trains_the_backbone(data, tmp_path):
 
     init = create_model("test_resnet", 4).state_dict()
     assert not torch.equal(hist["layer1.0.conv1.weight"], init["layer1.0.conv1.weight"])  # trained in epoch 2
+
+
+def test_segmentation_validation_of_two_processes_equals_one_process_evaluation(tmp_path):
+    """--task segment on 2 processes: the last validation's loss and mIoU, reduced over the ranks' exact pixel
+    counts, equal one process evaluating the final weights on the whole validation set. The loss is plain cross
+    entropy here: a Dice term is a ratio over each batch, so its mean depends on how the images are batched."""
+    from kernel.config import parse_options
+    from kernel.engine import evaluate
+    from kernel.run import effective_options, prepare
+    from kernel.tasks.segment.shapes import write_shapes_seg
+
+    data = write_shapes_seg(tmp_path / "seg", n=60, seed=0, size=32)  # 12 validation images: 6 per rank
+    r = _run(_cmd(data, tmp_path, "seg", "--devices", "2", "--batch-size", "4", "--loss", "ce",
+                  model="tu-test_resnet", epochs=1))
+    assert r.returncode == 0 and "task segment" in r.stderr, r.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "seg" / "last.pt", weights_only=True)
+    (tmp_path / "again.yaml").write_text(json.dumps({k: v for k, v in dict(ckpt["options"], devices=1).items()
+                                                     if k != "predict"}))
+    p = prepare(effective_options(parse_options(["--config", str(tmp_path / "again.yaml")])))
+    p.model.load_state_dict(ckpt["model"])
+    va = evaluate(p.model, p.val_loader, p.loss_fn, device=p.device, meter=p.task.meter(p.split, train=False))
+    last = ckpt["history"][-1]
+    assert va["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+    assert va["miou"] == pytest.approx(last["val_miou"], rel=1e-6)
