@@ -49,19 +49,36 @@ def _same_weights(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("full")
-    start = time.monotonic()
     subprocess.run(_cmd(data, out, "full"), env=ENV, check=True, capture_output=True, timeout=600)
-    (out / "wall_seconds.txt").write_text(f"{time.monotonic() - start:.2f}")
     return out / "full" / "last.pt"
 
 
-def _time_limit(uninterrupted: Path) -> list:
-    """Options that stop a run of 3 or more epochs after its first: pictures every epoch (a second or two each,
-    with no effect on the weights) and a limit of the uninterrupted 3-epoch run's wall time on this machine. That
-    run spent its time in start-up and epochs of about a second; this one passes the limit about 3 s before it
-    would end and has finished epoch 1 about 3 s before it, on a fast machine or a slow one."""
-    wall = float((uninterrupted.parents[1] / "wall_seconds.txt").read_text())
-    return ["--plot-every", "0", "--time-limit", f"{wall:.1f}s"]
+# ``kernel.train`` whose time budget reads a clock the test moves: SIGUSR1 puts it 12 hours ahead, as if the rest of
+# a Kaggle session had passed in one step. What follows is the real stop (remaining < needed), at a moment the test
+# chooses, on a fast machine or a slow one: no limit is guessed from how long this machine takes.
+_CLOCK_JUMPS_ON_SIGUSR1 = (
+    "import signal, sys, time, types\n"
+    "from kernel.run import budget\n"
+    "ahead = [0.0]\n"
+    "budget.time = types.SimpleNamespace(time=lambda: time.time() + ahead[0])\n"
+    "signal.signal(signal.SIGUSR1, lambda *_: ahead.__setitem__(0, 12 * 3600.0))\n"
+    "from kernel.train import main\n"
+    "sys.exit(main(sys.argv[1:]))\n")
+
+
+def _out_of_time_after_epoch_1(cmd: list, env: dict) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (a ``python -m kernel.train`` line); once its first epoch has ended, its clock jumps 12 h."""
+    assert cmd[1:3] == ["-m", "kernel.train"]
+    proc = subprocess.Popen([cmd[0], "-c", _CLOCK_JUMPS_ON_SIGUSR1, *cmd[3:]], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "epoch 1/" in line and "  lr " in line:  # epoch 1 is done: the clock jumps in epoch 2
+            proc.send_signal(signal.SIGUSR1)
+            break
+    seen.append(proc.stderr.read())
+    return subprocess.CompletedProcess(cmd, proc.wait(timeout=600), None, "".join(seen))
 
 
 def _kill_at_random_moments(cmds: list, seed: int) -> list:
@@ -139,9 +156,8 @@ def test_unreadable_images_keep_a_killed_run_with_workers_bit_identical(tmp_path
 
 def test_time_limit_stops_cleanly_and_the_resumed_run_is_exact(data, uninterrupted, tmp_path):
     (tmp_path / "cfg.yaml").write_text(f"predict:\n  inputs: [{data / 'circle'}]\n  workers: 0\n")
-    stop = subprocess.run(_cmd(data, tmp_path, "tl", "0", 3, "--config", str(tmp_path / "cfg.yaml"),
-                               *_time_limit(uninterrupted)), env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    stop = _out_of_time_after_epoch_1(_cmd(data, tmp_path, "tl", "0", 3, "--config", str(tmp_path / "cfg.yaml"),
+                                           "--time-limit", "1h"), ENV)
     assert stop.returncode == 0, stop.stderr[-3000:]
     summary = json.loads((tmp_path / "tl" / "summary.json").read_text())
     assert summary["stopped"] == "time_limit" and summary["epochs_run"] < 3, summary
@@ -178,9 +194,9 @@ def kaggle_version_1(data, uninterrupted, tmp_path_factory) -> Path:
     env = dict(ENV, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(root / "input"),
                KERNEL_KAGGLE_WORKING=str(root / "working"))
     (root / "input").mkdir()
-    cmd = [c for c in _cmd(data, root, "run", "0", 4, "--resume", "auto", *_time_limit(uninterrupted))]
+    cmd = _cmd(data, root, "run", "0", 4, "--resume", "auto")  # the time limit: Kaggle's (auto)
     del cmd[cmd.index("--output"):cmd.index("--output") + 2]  # on Kaggle: /kaggle/working/<name>
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = _out_of_time_after_epoch_1(cmd, env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((root / "working" / "run" / "summary.json").read_text())["stopped"] == "time_limit"
     return root / "working" / "run"
