@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -38,11 +38,11 @@ from .run import (ONE_SHOTS, effective_options, finish, fit, input_shape, prepar
                   seed_everything)
 from .run.budget import StopControl, StopSignals, process_start, resolve_durations
 from .run.checkpoints import carry_over, repair_best
-from .run.folds import OOF, carry_over_root, clear_other_folds, run_root, train_folds, write_plan
+from .run.folds import OOF, carry_over_root, clear_other_folds, fold_number, run_root, train_folds, write_plan
 from .run.oof import finish_cv, write_fold_oof
 from .run.launch import devices_wanted, in_torchrun, launch
 
-__all__ = ["main", "run", "train"]
+__all__ = ["main", "group_main", "run", "train"]
 
 log = logging.getLogger("kernel")
 
@@ -50,7 +50,8 @@ log = logging.getLogger("kernel")
 def train(opts: Options) -> Dict[str, Any]:
     """One run, or with ``--folds K --fold all`` every fold in turn; returns the (CV) summary."""
     if opts.folds:
-        carry_over_root(opts)
+        carry_over_root(opts)  # rank 0 copies; the others wait for a whole folder to plan from
+        barrier()
     if opts.folds and opts.fold == "all":
         return train_folds(opts, run, lambda o: _read_summary(run_root(o)))
     return run(opts)
@@ -65,6 +66,7 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
     """
     start = time.time()
     opts = effective_options(opts)
+    durations = resolve_durations(opts.time_limit, opts.save_every)  # a typo fails before anything is written
     p = prepare(opts, new_folds=start_over)
     state = resume_state(p)
     predict_spec, n_predict = _check_predict_section(opts)
@@ -83,12 +85,8 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
                              val_dataset=p.val_loader.dataset, tensorboard=opts.tensorboard and world().main,
                              start_epoch=state.start_epoch, every=opts.plot_every)
     with StopSignals() as signals:
-        control = StopControl(**resolve_durations(opts.time_limit, opts.save_every), signals=signals,
-                              start=process_start(), predict_reserve=lambda: 0.0)
-        # Time kept for what follows training: a fold's out-of-fold pass (about one validation) and the
-        # predict: section (every fold's model on each image).
-        control.predict_reserve = lambda: control.val_time * (bool(opts.folds) + n_predict * max(opts.folds, 1) /
-                                                              max(len(p.split.val), 1))
+        control = StopControl(**durations, signals=signals, start=process_start(),
+                              predict_reserve=lambda: _after_training(control.val_time, p, n_predict))
         if state.start_epoch > opts.epochs:
             log.info("training already complete (epoch %d of %d): nothing to train", state.last_epoch, opts.epochs)
         else:
@@ -112,6 +110,16 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
         summary["predict"] = predict_after_training(predict_spec, checkpoint, opts)
     barrier()  # the processes leave together: none is ended while rank 0 is still writing
     return summary
+
+
+def _after_training(val_time: float, p: Any, n_predict: int) -> float:
+    """Seconds to keep for what follows training, at the validation's pace (``val_time``: this process's
+    share of the validation images): a fold's out-of-fold pass (every validation image) and, after the last
+    fold, the ``predict:`` section (every fold's model on each image); rank 0 does both alone."""
+    opts, n_val = p.opts, max(len(p.split.val), 1)
+    per_image = val_time * world().size / n_val
+    last = not opts.folds or fold_number(opts) == opts.folds - 1
+    return per_image * ((n_val if opts.folds else 0) + (n_predict * max(opts.folds, 1) if last else 0))
 
 
 def _read_summary(root: Path) -> Optional[Dict[str, Any]]:
@@ -148,6 +156,8 @@ def in_group(payload: Dict[str, Any]) -> int:
     """One process of a multi-process run (spawned by :func:`kernel.run.launch.launch`, or by torchrun):
     join the group, check it, train; errors propagate (the launcher prints them once)."""
     opts = parse_options(payload["argv"], payload.get("baked"))
+    if requested(opts) is not None:
+        raise ConfigError(f"--{requested(opts).replace('_', '-')} runs in one process: start it without torchrun")
     device = torch.device("cuda" if opts.device != "cpu" and torch.cuda.is_available() else "cpu")
     w = init_from_env(device.type)
     setup_logging(logging.INFO if w.main else logging.WARNING)
@@ -163,24 +173,47 @@ def in_group(payload: Dict[str, Any]) -> int:
         destroy()
 
 
+def group_main(payload: Dict[str, Any]) -> int:
+    """:func:`in_group` with the user errors as exit statuses (the launcher's and torchrun's entry)."""
+    return _user_errors(lambda: in_group(payload))
+
+
 def main(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str, Any]] = None) -> int:
     """Command-line entry: 0 on success, 2 on a user error (one line, no traceback); 143/130 after a signal."""
     if in_torchrun():  # started by torchrun (several machines): join its group
-        return in_group({"argv": list(sys.argv[1:] if argv is None else argv), "baked": baked})
+        return group_main({"argv": list(sys.argv[1:] if argv is None else argv), "baked": baked})
     setup_logging()
     try:
-        opts = parse_options(argv, baked)
-        shot = requested(opts)
-        if shot is not None:
-            eff = effective_options(opts)
-            seed_everything(eff.seed, eff.deterministic)
-            return ONE_SHOTS[shot](eff).get("exit_code", 0)
-        n = devices_wanted(opts.devices, opts.device)
-        if n > 1:
-            return launch(opts, n, in_group, lambda: train(dataclasses.replace(opts, devices=1))["exit_code"])
-        return train(opts)["exit_code"]
+        return _user_errors(lambda: _start(argv, baked))
+    except Exception:  # a bug, not a user error: the traceback, on the console and in train.log
+        log.exception("unexpected error; please report it with this traceback")
+        return 1
+    finally:
+        close_logging()
+
+
+def _start(argv: Optional[Sequence[str]], baked: Optional[Dict[str, Any]]) -> int:
+    """Options -> a one-shot command, one process per device, or the run here."""
+    opts = parse_options(argv, baked)
+    shot = requested(opts)
+    if shot is not None:
+        eff = effective_options(opts)
+        seed_everything(eff.seed, eff.deterministic)
+        return ONE_SHOTS[shot](eff).get("exit_code", 0)
+    n = devices_wanted(opts.devices, opts.device)
+    if n > 1:
+        resolve_durations(opts.time_limit, opts.save_every)  # a typo: one line here, not one per process
+        return launch(opts, n, group_main, lambda: train(dataclasses.replace(opts, devices=1))["exit_code"])
+    return train(opts)["exit_code"]
+
+
+def _user_errors(fn: Callable[[], int]) -> int:
+    """``fn()``; a user error becomes one line on stderr (and in train.log when open) and its exit status:
+    2 bad input, 3 out of memory, 130 interrupted. Anything else propagates."""
+    try:
+        return fn()
     except ConfigError as e:
-        log.error("%s", one_line(e), extra={"console": False})  # into train.log when it is open
+        log.error("%s", one_line(e), extra={"console": False})
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except torch.OutOfMemoryError:
@@ -189,11 +222,6 @@ def main(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str, Any]] =
     except KeyboardInterrupt:
         print("interrupted; resume with --resume auto", file=sys.stderr)
         return 130
-    except Exception:  # a bug, not a user error: the traceback, on the console and in train.log
-        log.exception("unexpected error; please report it with this traceback")
-        return 1
-    finally:
-        close_logging()
 
 
 if __name__ == "__main__":

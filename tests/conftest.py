@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Dict
 
 import pytest
 
@@ -22,6 +23,14 @@ def shapes_dir(tmp_path_factory) -> Path:
     from kernel.data import write_shapes
 
     return write_shapes(tmp_path_factory.mktemp("shapes"), n=240, seed=0, size=32)
+
+
+def subprocess_env(threads: int = 2, **extra: str) -> Dict[str, str]:
+    """The environment of a ``python -m kernel...`` child: this checkout importable, ``threads`` OpenMP threads
+    each, and none of the runner's Kaggle, Colab or kernel variables (a test sets those it simulates)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "COLAB_", "KERNEL_"))}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), **extra)
+    return env
 
 
 def small_args(tmp_path: Path, *extra: str) -> list:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kernel.augment import backends as aug_backends, imgaug_compat, ops as aug_ops, pipeline as aug_pipeline
+from kernel.augment import backends as aug_backends, imgaug_compat, ops as aug_ops
 from kernel.augment.ops import IMGAUG_OPS, TORCHVISION_OPS
 from kernel.data import fit_channel_stats
 from kernel.augment import BACKENDS, PRESETS, augment_batch, build_transform, save_aug_grid, seed_worker

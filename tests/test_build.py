@@ -25,7 +25,8 @@ import textwrap
 import zipfile
 from io import BytesIO
 from pathlib import Path
-from typing import Dict, List
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -324,26 +325,38 @@ def packed(tmp_path_factory) -> Path:
     return build_into(proj, proj / "dist", TRAIN_CONFIG)
 
 
-@pytest.mark.parametrize("layout", ["new", "old"])
-def test_kaggle_run(packed, tmp_path, layout):
+def _run_on_kaggle(dist: Path, tmp_path: Path, data_slug: str, write_data: Callable[[Path], Any], hide: str, *,
+                   layout: str = "new", cwd: Optional[Path] = None, **env: str) -> SimpleNamespace:
+    """Run ``dist``'s kernel as Kaggle does: the code dataset and a data dataset (``write_data(folder)``)
+    mounted in ``layout``, /kaggle/src/script.py run with no arguments, ``hide`` modules missing from the image.
+    Returns the log and the folders, and the inputs' digest before the run; the run must succeed."""
     kaggle = tmp_path / "kaggle"
-    inputs, working, src, cwd = kaggle / "input", kaggle / "working", kaggle / "src", tmp_path / "cwd"
-    code_ds, data_ds = (
-        (inputs / "datasets" / OWNER / "kernel-code", inputs / "datasets" / OWNER / "shapes-png")
-        if layout == "new" else (inputs / "kernel-code", inputs / "shapes-png"))
+    inputs, working, src = kaggle / "input", kaggle / "working", kaggle / "src"
+    mount = (lambda slug: inputs / "datasets" / OWNER / slug) if layout == "new" else (lambda slug: inputs / slug)
+    code_ds, data_ds = mount("kernel-code"), mount(data_slug)
     # What Kaggle mounts for the code dataset: the uploaded files, zips unpacked (no metadata file).
-    shutil.copytree(packed / "dataset", code_ds, ignore=shutil.ignore_patterns("dataset-metadata.json"))
-    write_png_dataset(data_ds / "train")
-    for d in (working, src, cwd):
+    shutil.copytree(dist / "dataset", code_ds, ignore=shutil.ignore_patterns("dataset-metadata.json"))
+    write_data(data_ds)
+    for d in (working, src):
         d.mkdir(parents=True)
-    shutil.copy(packed / "kernel" / "train.py", src / "script.py")  # Kaggle runs /kaggle/src/script.py
+    shutil.copy(dist / "kernel" / "train.py", src / "script.py")  # Kaggle runs /kaggle/src/script.py
     before = digest(inputs)
-    env = _isolated_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", COLAB_RELEASE_TAG="also-set-on-kaggle",
-                        KERNEL_KAGGLE_INPUT=str(inputs), KERNEL_KAGGLE_WORKING=str(working), TEST_HIDE="imgaug")
-    proc = subprocess.run([sys.executable, str(src / "script.py")], cwd=cwd, env=env, capture_output=True,
+    env = _isolated_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(inputs),
+                        KERNEL_KAGGLE_WORKING=str(working), TEST_HIDE=hide, **env)
+    proc = subprocess.run([sys.executable, str(src / "script.py")], cwd=cwd or tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
+    return SimpleNamespace(log=log, inputs=inputs, inputs_before=before, working=working, src=src, code_ds=code_ds)
+
+
+@pytest.mark.parametrize("layout", ["new", "old"])
+def test_kaggle_run(packed, tmp_path, layout):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    k = _run_on_kaggle(packed, tmp_path, "shapes-png", lambda d: write_png_dataset(d / "train"), "imgaug",
+                       layout=layout, cwd=cwd, COLAB_RELEASE_TAG="also-set-on-kaggle")
+    log, code_ds, working = k.log, k.code_ds, k.working
     assert "kernel 0.1.0 (packed train.py; sources sha256" in log and "as built" in log
     assert f"using the vendored copy in {code_ds / 'vendor'}" in log
     assert f"IMGAUG_FILE={code_ds / 'vendor' / 'imgaug' / '__init__.py'}" in log
@@ -353,9 +366,9 @@ def test_kaggle_run(packed, tmp_path, layout):
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["loss"] == "kernel_user.my_losses:smooth_ce" and saved["aug_backend"] == "imgaug"
     # Nothing anywhere else.
-    assert digest(inputs) == before, "the input tree changed"
+    assert digest(k.inputs) == k.inputs_before, "the input tree changed"
     assert not list(cwd.iterdir()), "files were written to the working directory"
-    assert [p.name for p in src.iterdir()] == ["script.py"]
+    assert [p.name for p in k.src.iterdir()] == ["script.py"]
     # torch may create an empty cache folder (torchinductor_<user>) in TMPDIR; no file may appear.
     assert not [p for p in (tmp_path / "tmp").rglob("*") if not p.is_dir()]
     assert not list((tmp_path / "torch-home").iterdir())
@@ -372,24 +385,16 @@ def test_kaggle_segmentation_run_with_vendored_smp_and_imgaug(tmp_path):
     from kernel.tasks.segment.shapes import write_shapes_seg
     from kernel.tasks.segment.rle import rle_decode
 
+    def write_data(folder: Path) -> None:
+        write_shapes_seg(folder / "train", n=24, seed=0, size=32)
+        (folder / "test").mkdir(parents=True)
+        for i, (w, h) in enumerate([(45, 70), (37, 29)]):  # not square, not multiples of 32
+            Image.new("RGB", (w, h), (20 * i, 90, 160)).save(folder / "test" / f"t{i}.png")
+
     proj = make_project(tmp_path / "proj")
-    dist = build_into(proj, proj / "dist", SEG_CONFIG)
-    inputs, working, src = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working", tmp_path / "kaggle" / "src"
-    code_ds, data_ds = inputs / "datasets" / OWNER / "kernel-code", inputs / "datasets" / OWNER / "shapes-seg"
-    shutil.copytree(dist / "dataset", code_ds, ignore=shutil.ignore_patterns("dataset-metadata.json"))
-    write_shapes_seg(data_ds / "train", n=24, seed=0, size=32)
-    (data_ds / "test").mkdir(parents=True)
-    for i, (w, h) in enumerate([(45, 70), (37, 29)]):  # not square, not multiples of 32
-        Image.new("RGB", (w, h), (20 * i, 90, 160)).save(data_ds / "test" / f"t{i}.png")
-    for d in (working, src):
-        d.mkdir(parents=True)
-    shutil.copy(dist / "kernel" / "train.py", src / "script.py")
-    env = _isolated_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(inputs),
-                        KERNEL_KAGGLE_WORKING=str(working), TEST_HIDE="imgaug,segmentation_models_pytorch")
-    proc = subprocess.run([sys.executable, str(src / "script.py")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    k = _run_on_kaggle(build_into(proj, proj / "dist", SEG_CONFIG), tmp_path, "shapes-seg", write_data,
+                       "imgaug,segmentation_models_pytorch")
+    log, code_ds, working = k.log, k.code_ds, k.working
     vendor = code_ds / "vendor"
     assert f"SEGMENTATION_MODELS_PYTORCH_FILE={vendor / 'segmentation_models_pytorch' / '__init__.py'}" in log
     assert f"IMGAUG_FILE={vendor / 'imgaug' / '__init__.py'}" in log
@@ -414,22 +419,13 @@ KFOLD_CONFIG = {"data": "shapes-png/train", "model": "test_resnet", "img_size": 
 
 def test_kaggle_kfold_run_writes_oof_cv_and_an_ensembled_submission(tmp_path):
     """The packed kernel with --folds 3 --fold all and a predict: section, as Kaggle runs it (no arguments)."""
+    def write_data(folder: Path) -> None:
+        write_png_dataset(folder / "train", per_class=9)
+        write_png_dataset(folder / "test", per_class=2)
+
     proj = make_project(tmp_path / "proj")
-    dist = build_into(proj, proj / "dist", KFOLD_CONFIG)
-    inputs, working, src = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working", tmp_path / "kaggle" / "src"
-    code_ds, data_ds = inputs / "datasets" / OWNER / "kernel-code", inputs / "datasets" / OWNER / "shapes-png"
-    shutil.copytree(dist / "dataset", code_ds, ignore=shutil.ignore_patterns("dataset-metadata.json"))
-    write_png_dataset(data_ds / "train", per_class=9)
-    write_png_dataset(data_ds / "test", per_class=2)
-    for d in (working, src):
-        d.mkdir(parents=True)
-    shutil.copy(dist / "kernel" / "train.py", src / "script.py")
-    env = _isolated_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(inputs),
-                        KERNEL_KAGGLE_WORKING=str(working), TEST_HIDE="imgaug")
-    proc = subprocess.run([sys.executable, str(src / "script.py")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    k = _run_on_kaggle(build_into(proj, proj / "dist", KFOLD_CONFIG), tmp_path, "shapes-png", write_data, "imgaug")
+    log, working = k.log, k.working
     run = working / "cv"
     oof = list(csv.DictReader(open(run / "oof.csv")))
     assert len(oof) == 27 and sorted(r["fold"] for r in oof) == sorted(["0", "1", "2"] * 9)

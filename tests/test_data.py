@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernel.data import CsvSource, FolderSource, build_sources, load_image, stratified_split
+import torch
+from torch.utils.data import TensorDataset
+
+from kernel.data import CsvSource, FolderSource, build_loader, build_sources, load_image, stratified_split
 from kernel.registry import ConfigError
 from kernel.data import SHAPE_CLASSES, ShapesSource
 
@@ -86,3 +89,15 @@ def test_missing_data_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no class folders"):
         build_sources(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_loader_leaves_torchs_global_generator_alone(workers):
+    """A resumed run restores torch's generator, then starts its loader: the dropout that follows must draw the
+    numbers the uninterrupted run drew, so starting and running an iterator may not take any of them."""
+    before = torch.get_rng_state()
+    loader = build_loader(TensorDataset(torch.arange(8.0)), batch_size=4, workers=workers,
+                          device=torch.device("cpu"), persistent=False)
+    for _ in range(2):
+        assert [b[0].tolist() for b in loader] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+    assert torch.equal(torch.get_rng_state(), before)

@@ -3,7 +3,6 @@ torchrun across two simulated machines, unfreezing under DDP."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -14,12 +13,11 @@ import pytest
 import torch
 
 from kernel.data import write_shapes
+from kernel.train import main
 
-from conftest import ROOT
+from conftest import subprocess_env
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-for _k in [k for k in ENV if k.startswith(("KAGGLE_", "COLAB_", "KERNEL_"))]:
-    del ENV[_k]
+ENV = subprocess_env(threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -80,22 +78,34 @@ def test_validation_numbers_equal_a_single_process_evaluation(two_procs):
     assert va["loss"] == pytest.approx(last["val_loss"], rel=1e-6) and va["acc1"] == pytest.approx(last["val_acc"])
 
 
-def test_two_processes_resume_exactly(data, two_procs, tmp_path):
+def test_sigterm_to_the_launcher_saves_inside_the_epoch_and_resumes_exactly(data, two_procs, tmp_path):
+    """A SIGTERM sent to the launching process alone (a container's stop) reaches every process: they save
+    together inside epoch 2 (each process's partial sums and RNG), exit 143, and the resumed run ends with the
+    uninterrupted run's weights."""
     cmd = _cmd(data, tmp_path, "cut", "--devices", "2", "--batch-size", "8", *SAME_MATHS, "--resume", "auto")
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd + ["--save-every", "0.5"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
-        if "epoch 1/2  lr" in line:  # epoch 1 saved: kill every process of the run
-            os.killpg(proc.pid, signal.SIGKILL)
+        if "saved last.pt inside epoch 2" in line:  # an update of epoch 2 follows it: the signal lands there
+            proc.send_signal(signal.SIGTERM)
             break
-    proc.wait()
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=300) == 143, rest[-3000:]
+    position = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["position"]
+    assert position["epoch"] == 2 and position["batch"] >= 1 and len(position["partial"]) == 2, position
     r = _run(cmd)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0 and f"at epoch 2, batch {position['batch']}" in r.stderr, r.stderr[-3000:]
     a = torch.load(two_procs / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_one_shot_commands_refuse_to_run_under_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(["--find-lr", "--data", "shapes", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --find-lr runs in one process: start it without torchrun" in err and "Traceback" not in err
 
 
 FAILING_LOSS = '''

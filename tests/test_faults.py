@@ -120,6 +120,16 @@ def test_resume_from_a_checkpoint_of_another_model(base, capsys):
     assert _snapshot(root / "runs" / "exp") == before
 
 
+@pytest.mark.parametrize("option", ["--time-limit", "--save-every"])
+def test_a_duration_typo_on_resume_leaves_the_run_untouched(base, capsys, option):
+    root, data = base
+    before = _snapshot(root / "runs" / "exp")
+    assert main(small_args(root / "runs", "--data", str(data / "train"), "--name", "exp", "--resume", "auto",
+                           option, "2hours")) == 2
+    assert f"{option} '2hours': give a duration such as 11h30m" in _one_line(capsys)
+    assert _snapshot(root / "runs" / "exp") == before
+
+
 def test_empty_config_and_one_class_imagefolder(base, tmp_path, capsys):
     root, data = base
     before = _snapshot(root / "runs" / "exp")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,17 +22,15 @@ from kernel.data import write_shapes
 from kernel.models import FoldEnsemble, mean_probabilities
 from kernel.predict import load_for_prediction, main as predict_main
 from kernel.run import effective_options
-from kernel.run.folds import carry_over_root, fold_finished
+from kernel.run.folds import FoldPlan, carry_over_root, clear_other_folds, fold_finished
 from kernel.run.prepare import prepare_data
 from kernel.tasks import get_task
 from kernel.tasks.classify import predict_probs
 from kernel.train import main
 
-from conftest import ROOT
+from conftest import subprocess_env
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
-for _k in [k for k in ENV if k.startswith(("KAGGLE_", "COLAB_", "KERNEL_"))]:
-    del ENV[_k]
+ENV = subprocess_env()
 CLASSES = ["circle", "cross", "square", "triangle"]  # ImageFolder order (sorted folder names)
 
 
@@ -180,6 +178,30 @@ def test_predict_cli_on_a_kfold_run(run, data, tmp_path):
                          "--workers", "0"]) == 0
     assert len(_read(out)) == 96
     assert predict_main(["--checkpoint", str(run), "--folds", "4", str(data / "images")]) == 2
+
+
+def test_killed_after_the_last_fold_before_the_cv_score_resumes_to_it_without_training(run, data, tmp_path):
+    """Every fold has its oof.csv (finished) but the run was killed before the CV summary: --resume auto
+    trains nothing again and writes the CV score the uninterrupted run wrote."""
+    shutil.copytree(run, tmp_path / "cv")
+    for name in ("summary.json", "oof.csv", "cv.png"):
+        (tmp_path / "cv" / name).unlink()
+    curves = [(run / f"fold{i}" / "metrics.csv").read_text() for i in range(3)]
+    assert main(_args(data / "train", tmp_path, "cv", "--folds", "3", "--ema", "0.9", "--lr", "0.003",
+                      "--resume", "auto")) == 0
+    expected, got = (json.loads((r / "summary.json").read_text()) for r in (run, tmp_path / "cv"))
+    assert (got["cv_metric"], got["fold_metrics"]) == (expected["cv_metric"], expected["fold_metrics"])
+    assert (tmp_path / "cv" / "oof.csv").read_text() == (run / "oof.csv").read_text()
+    assert [(tmp_path / "cv" / f"fold{i}" / "metrics.csv").read_text() for i in range(3)] == curves
+
+
+def test_a_fresh_run_clears_every_other_folds_folder(tmp_path):
+    """Folds of an earlier run with more folds (fold4, fold12) go too: the ensemble would take them."""
+    for name in ("fold0", "fold1", "fold4", "fold12", "folder", "fold_notes"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "summary.json").write_text("{}")
+    clear_other_folds(tmp_path, FoldPlan(3, 0, ["a", "b", "c"], np.array([0, 1, 2]), "new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0", "fold_notes", "folder"]
 
 
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid"])

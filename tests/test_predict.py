@@ -1,7 +1,6 @@
 """python -m kernel.predict: agrees with training, TTA, submissions (own columns or a sample's), inputs, errors."""
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from PIL import Image
 from kernel.predict import main as predict_main
 from kernel.data import SHAPE_CLASSES
 
-from conftest import ROOT
+from conftest import subprocess_env
 
 
 @pytest.fixture
@@ -159,7 +158,7 @@ def test_user_errors_are_one_line(run, tmp_path, capsys):
 
 
 def test_module_entry_point(run, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    env = subprocess_env()
     out = tmp_path / "p.csv"
     proc = subprocess.run([sys.executable, "-m", "kernel.predict", "--checkpoint", str(run["run"]),
                            str(run["val"] / "images" / "00001.png"), "--out", str(out), "--workers", "0",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import shutil
 import signal
@@ -19,11 +18,9 @@ import torch
 from kernel.data import write_shapes
 from kernel.tasks.segment.shapes import write_shapes_seg
 
-from conftest import ROOT
+from conftest import subprocess_env
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
-for _k in [k for k in ENV if k.startswith(("KAGGLE_", "COLAB_", "KERNEL_"))]:
-    del ENV[_k]
+ENV = subprocess_env()
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +128,7 @@ def test_segmentation_killed_at_a_random_moment_resumes_bit_identical(tmp_path):
     assert full.returncode == 0 and "task segment" in full.stderr, full.stderr[-3000:]
     cut = cmd("cut", "--resume", "auto", "--save-every", "0.3")
     where = _kill_at_random_moments([cut], seed=3)
+    assert where != [(2, 0)], "the kill came after the last epoch: nothing was left to resume"
     done = subprocess.run(cut, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "resumed from" in done.stderr, (where, done.stderr[-3000:])
     _same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
@@ -148,7 +146,8 @@ def test_unreadable_images_keep_a_killed_run_with_workers_bit_identical(tmp_path
     assert full.returncode == 0, full.stderr[-3000:]
     assert len((tmp_path / "full" / "bad_images.txt").read_text().splitlines()) == 2
     cut = _cmd(data, tmp_path, "cut", "2", 3, "--bad-images-limit", "0.05", "--resume", "auto", "--save-every", "0.3")
-    _kill_at_random_moments([cut], seed=1)
+    where = _kill_at_random_moments([cut], seed=1)
+    assert where != [(3, 0)], "the kill came after the last epoch: nothing was left to resume"
     done = subprocess.run(cut, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "resumed from" in done.stderr, done.stderr[-3000:]
     _same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")

@@ -1,7 +1,6 @@
 """End to end: the demo, learning on real files, exact resume after SIGKILL, one-line errors."""
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +9,12 @@ import pytest
 import torch
 
 from kernel.data import write_shapes
+from kernel.run import seed_everything
 from kernel.train import main
 
-from conftest import ROOT, small_args
+from conftest import ROOT, small_args, subprocess_env
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+ENV = subprocess_env()
 
 
 def _metrics(run_dir: Path):
@@ -125,3 +125,14 @@ def test_progress_lines_without_a_tty(caplog):
         p(i, 5, lambda: {"loss": 0.5})
     lines = [r.getMessage() for r in caplog.records]
     assert [l.split()[2] for l in lines] == ["2/5", "4/5", "5/5"] and all("loss 0.5" in l for l in lines)
+
+
+def test_seed_everything_sets_deterministic_kernels_both_ways():
+    """A later run in the same process (a notebook, these tests) does not inherit --deterministic."""
+    try:
+        seed_everything(0, True)
+        assert torch.are_deterministic_algorithms_enabled()
+        seed_everything(0, False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

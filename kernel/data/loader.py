@@ -52,7 +52,9 @@ class TransformedDataset(Dataset):
             image, mask = self.transform(image, mask if use_mask else None)
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(self.seed, epoch, i))
+                # the CPU generator alone: torch.manual_seed would seed every accelerator's too, and records a
+                # stack trace for each while CUDA is not initialised (a data loader's worker): slow per sample
+                torch.default_generator.manual_seed(sample_seed(self.seed, epoch, i))
                 image, mask = self.transform(image, mask if use_mask else None)
         return image, target, mask
 
@@ -82,9 +84,15 @@ class ImageList(Dataset):
 
 def build_loader(dataset: Dataset, *, batch_size: int, workers: int, device: torch.device,
                  sampler: Optional[Sampler] = None, worker_init_fn: Optional[Callable] = None,
-                 persistent: bool = True) -> DataLoader:
+                 persistent: bool = True, seed: int = 0) -> DataLoader:
     """A DataLoader with the usual care: pin_memory on CUDA; the order from ``sampler`` (training and
-    validation: an :class:`~kernel.data.sampler.EpochSampler`) or the dataset's (prediction)."""
+    validation: an :class:`~kernel.data.sampler.EpochSampler`) or the dataset's (prediction).
+
+    The loader has its own generator (seeded with ``seed``) for its workers' base seed: without one, every
+    new iterator takes a number from torch's global generator, so a resumed run (whose first iterator starts
+    after the saved state is restored) would draw dropout and drop-path one number off the uninterrupted run.
+    """
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-        persistent_workers=persistent and workers > 0, worker_init_fn=worker_init_fn)
+        persistent_workers=persistent and workers > 0, worker_init_fn=worker_init_fn,
+        generator=torch.Generator().manual_seed(seed))

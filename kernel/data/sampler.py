@@ -54,10 +54,6 @@ class EpochSampler(Sampler):
             idx = idx[: len(idx) // self.batch_size * self.batch_size]
         return idx.tolist()
 
-    def batches_per_epoch(self) -> int:
-        """This process's batches in a whole epoch."""
-        return -(-len(self.order()) // self.batch_size)
-
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         for i in self.order()[self.skip * self.batch_size:]:
             yield self.epoch, i

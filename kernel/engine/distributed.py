@@ -19,10 +19,13 @@ from torch import nn
 from ..registry import ConfigError
 
 __all__ = ["World", "world", "init_from_env", "self_test", "SelfTestFailed", "all_reduce_sum", "all_reduce_max",
-           "gather_objects", "broadcast_object", "barrier", "wrap_ddp", "destroy", "SELF_TEST_FAILED_EXIT"]
+           "gather_objects", "barrier", "wrap_ddp", "destroy"]
 
 log = logging.getLogger("kernel")
-SELF_TEST_FAILED_EXIT = 75  # a worker's exit status when the all-reduce self-test failed: the launcher falls back
+# How long a collective may wait. Rank 0 works alone while the others wait at the next collective: an epoch's
+# save and pictures, the out-of-fold pass, a whole test set's prediction at the end. A start-up hang (NCCL
+# between Kaggle's T4s) is caught sooner, by the self-test's own limit.
+GROUP_TIMEOUT_S = 3 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class SelfTestFailed(RuntimeError):
     """The first all-reduce did not come back in time (e.g. NCCL peer-to-peer hangs between Kaggle's T4s)."""
 
 
-def init_from_env(device_type: str, timeout_s: float = 120.0) -> World:
+def init_from_env(device_type: str, timeout_s: float = GROUP_TIMEOUT_S) -> World:
     """Join the process group described by the environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT: torchrun's).
 
     NCCL for CUDA, gloo otherwise. On Kaggle, NCCL's peer-to-peer path between the two T4s is known to
@@ -82,7 +85,9 @@ def self_test(device: torch.device, timeout_s: float = 30.0) -> None:
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """The sum of ``t`` over every process (in place; returns it); unchanged in a single process."""
     if world().size > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        on = t.to(_collective_device())  # a process that saw no batch still holds its sums on the CPU
+        dist.all_reduce(on, op=dist.ReduceOp.SUM)
+        t.copy_(on)
     return t
 
 
@@ -102,15 +107,6 @@ def gather_objects(obj: Any) -> List[Any]:
     out: List[Any] = [None] * world().size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every process."""
-    if world().size == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier() -> None:

@@ -23,7 +23,7 @@ from ..registry import ConfigError
 from .amp import autocast
 from .checkpoint import unwrap_model
 from .mixing import hard_targets
-from .distributed import all_reduce_sum, world
+from .distributed import all_reduce_max, all_reduce_sum, world
 
 __all__ = ["Meter", "TrainingDiverged", "train_one_epoch", "evaluate"]
 
@@ -174,7 +174,8 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
             else:
                 skipped, skip_streak = skipped + 1, skip_streak + 1
         if (i + 1) % CHECK_EVERY == 0 or i + 1 == n_batches:
-            _check_divergence(int(bad_streak), skip_streak, i + 1, loss)
+            # the processes decide together: a NaN on one reaches the others an update later, through the gradients
+            _check_divergence(int(all_reduce_max(float(bad_streak))), skip_streak, i + 1, loss)
         if progress is not None:
             progress(i + 1, n_batches, lambda: {"loss": (loss_sum / max(seen, 1)).item()})
         if last_of_group and on_update is not None and i + 1 < n_batches and on_update(i + 1, snapshot):

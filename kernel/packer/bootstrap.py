@@ -11,7 +11,6 @@ import importlib
 import importlib.abc
 import importlib.util
 import linecache
-import os
 import sys
 
 __all__ = ["_SOURCES", "_add", "_EmbeddedModules", "_install", "_sources_sha256", "_vendor_packages", "_main"]

@@ -227,7 +227,7 @@ def follow(kaggle: KaggleRun, kernel_id: str, kernel_dir: Path, version: Optiona
             print(f"The pushed version number is not in the kaggle output; outputs go to {folder} (the next "
                   f"free folder)")
         print(f"Waiting for {kernel_id}" + (f" version {version}" if version else "") + " (Ctrl-C stops "
-              f"waiting, not the kernel)", flush=True)
+              "waiting, not the kernel)", flush=True)
         try:
             state, _ = wait_for_kernel(kaggle, kernel_id, sleep=sleep, clock=clock)
         except KeyboardInterrupt:

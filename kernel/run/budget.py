@@ -140,10 +140,12 @@ class StopControl:
         t0 = time.time()
         save(epoch, done, snapshot)
         self.save_cost, self.last_save = max(self.save_cost * 0.5, time.time() - t0), time.time()
+        self._last_update = self.last_save  # the next update's time, not the save's
         return bool(self.reason)
 
     def before_epoch(self) -> bool:
         """At an epoch's start: stop here when not even a few updates and the validation would fit."""
+        self._last_update = None  # the first update's time would hold the validation, save and pictures
         stop_signal = self.signals.received is not None
         stop_time = self.remaining() < self._needed()
         decision = int(all_reduce_max(float(2 * stop_signal + stop_time)))

@@ -120,10 +120,11 @@ def fold_finished(root: Path, fold: int) -> bool:
 
 def clear_other_folds(root: Path, plan: FoldPlan) -> None:
     """A fresh ``--fold all`` starts over: the other folds' folders and the CV outputs of an earlier run go,
-    so that a later ``--resume auto`` never mistakes them for this run's."""
-    for i in range(plan.k):
-        if i != plan.fold and (root / f"fold{i}").exists():
-            shutil.rmtree(root / f"fold{i}")
+    so that a later ``--resume auto`` never mistakes them for this run's, nor the ensemble a fold of an
+    earlier run with more folds."""
+    for folder in root.glob("fold*"):
+        if folder.is_dir() and folder.name[4:].isdigit() and int(folder.name[4:]) != plan.fold:
+            shutil.rmtree(folder)
     for name in (OOF, "cv.png", "summary.json"):
         (root / name).unlink(missing_ok=True)
     shutil.rmtree(root / "oof_masks", ignore_errors=True)
@@ -155,8 +156,11 @@ def train_folds(opts: Options, run_one: Callable[..., Dict[str, Any]],
         raise ConfigError(f"--resume {opts.resume} with --fold all: each fold resumes from its own last.pt; use "
                           "--resume auto (or --fold N --resume PATH)")
     root = run_root(opts)
+    finished = [bool(opts.resume) and fold_finished(root, i) for i in range(opts.folds)]
+    if all(finished) and cv_summary(opts) is None:  # killed after the last fold, before the CV score: the
+        finished[-1] = False                         # last fold again ("already complete"), then the CV
     for i in range(opts.folds):
-        if opts.resume and fold_finished(root, i):
+        if finished[i]:
             log.info("fold %d of %d: finished earlier (fold%d/%s), not retrained", i, opts.folds, i, OOF)
             continue
         log.info("fold %d of %d", i, opts.folds)

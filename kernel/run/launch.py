@@ -6,9 +6,12 @@ interpreters, never forks of a process that may have touched CUDA (the failure o
 Kaggle). A spawned child re-imports the parent's main module first, so the packed ``train.py`` installs
 its import hook in every child. Each child gets the resolved options as a config file and the rendezvous
 in its environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``PORT``: torchrun's variables), so the
-same code path serves ``torchrun`` across machines. An error in any process ends them all; the parent
-prints it once. When the all-reduce self-test fails (NCCL between Kaggle's T4s), the run continues on
-one device.
+same code path serves ``torchrun`` across machines. An error in any process ends them all: a user error
+is the failing process's one line and exit status, a bug its traceback, printed once by the parent. When
+the all-reduce self-test fails (NCCL between Kaggle's T4s), the run continues on one device.
+
+Signals: Ctrl-C reaches every process of the terminal's group by itself, so the parent ignores it; a SIGTERM
+sent to the parent alone (a container's stop) is passed on. Each child saves and exits as a single run does.
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ import signal
 import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -28,6 +30,7 @@ import yaml
 from ..cli import one_line
 from ..config import options_to_dict
 from ..options import Options
+from .budget import process_start
 
 __all__ = ["devices_wanted", "auto_workers", "in_torchrun", "launch"]
 
@@ -59,7 +62,12 @@ def _free_port() -> int:
 
 
 def _child(local_rank: int, config: str, n: int, port: int, start: float, entry: Callable[[Dict], int]) -> None:
-    """One spawned process: torchrun's environment, then the entry (which raises on errors)."""
+    """One spawned process: torchrun's environment, then the entry (a user error: its exit status; a bug raises).
+
+    A spawned process inherits the parent's ignored signals; it takes the defaults back (the run's own
+    handlers save first)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), KERNEL_START_TIME=str(start))
     code = entry({"argv": ["--config", config]})
@@ -77,12 +85,16 @@ def launch(opts: Options, n: int, entry: Callable[[Dict], int], single: Callable
         config = str(Path(tmp) / "config.yaml")
         Path(config).write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
         log.info("starting %d processes, one per device (global batch %d)", n, n * opts.batch_size)
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}  # the children save
+        old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
         try:
-            start_processes(_child, args=(config, n, _free_port(), time.time(), entry), nprocs=n, join=True,
-                            start_method="spawn")
+            # the time limit counts from this session's start, not from the children's
+            ctx = start_processes(_child, args=(config, n, _free_port(), process_start(), entry), nprocs=n,
+                                  join=False, start_method="spawn")
+            old[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda signum, frame: _pass_on(ctx, signum))
+            while not ctx.join():
+                pass
             return 0
-        except ProcessExitedException as e:  # a child exited non-zero: it printed its own line
+        except ProcessExitedException as e:  # a user error (the child printed its line) or a signal
             return e.exit_code if e.exit_code and e.exit_code > 0 else 1
         except ProcessRaisedException as e:
             text = str(e)
@@ -92,11 +104,15 @@ def launch(opts: Options, n: int, entry: Callable[[Dict], int], single: Callable
                 for s, h in old.items():
                     signal.signal(s, h)
                 return single()
-            if "ConfigError: " in text:
-                print(f"error: {one_line(RuntimeError(text))}", file=sys.stderr)
-                return 2
             print(text.strip(), file=sys.stderr)  # a bug: the child's traceback, once
             return 1
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+
+
+def _pass_on(ctx: Any, signum: int) -> None:
+    """Send ``signum`` to every child still running."""
+    for proc in ctx.processes:
+        if proc.is_alive():
+            os.kill(proc.pid, signum)

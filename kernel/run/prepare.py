@@ -113,10 +113,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    # both ways: a later run in the same process (a notebook, the tests) does not inherit an earlier one's
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def run_dir_of(opts: Options) -> Path:
@@ -185,7 +184,7 @@ def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str,
                              drop_last=train, rank=w.rank, world=w.size) for source, train in ((split.train, True),
                                                                                             (split.val, False))]
     loaders = [build_loader(dataset(source, train), batch_size=opts.batch_size, workers=opts.workers, device=device,
-                            sampler=sampler, worker_init_fn=seed_worker)
+                            sampler=sampler, worker_init_fn=seed_worker, seed=opts.seed)
                for (source, train), sampler in zip(((split.train, True), (split.val, False)), samplers)]
     return loaders[0], loaders[1], samplers[0]
 

@@ -32,7 +32,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as tls
 
-from .builders import SCHEDULERS, BuildCtx, SchedSpec, canonical_name, check_kwargs, resolve_interval
+from .builders import SCHEDULERS, BuildCtx, canonical_name, check_kwargs, resolve_interval
 from ..registry import ConfigError
 
 __all__ = ["LRSchedule", "create_scheduler", "preview_lr", "format_lr_table",
