@@ -16,7 +16,6 @@ if __name__ == "__main__" and not __package__:  # `python kernel/train.py`: run 
     run_file(__file__)
 
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -33,7 +32,7 @@ from .engine.distributed import barrier, destroy, init_from_env, self_test, worl
 from .options import Options
 from .paths import remove_leftovers
 from .registry import ConfigError
-from .report import EpochReporter, attach_log_file, close_logging, setup_logging
+from .report import EpochReporter, attach_log_file, close_logging, read_json, setup_logging
 from .run import (ONE_SHOTS, effective_options, finish, fit, input_shape, prepare, requested, resume_state,
                   seed_everything)
 from .run.budget import StopControl, StopSignals, process_start, resolve_durations
@@ -53,7 +52,7 @@ def train(opts: Options) -> Dict[str, Any]:
         carry_over_root(opts)  # rank 0 copies; the others wait for a whole folder to plan from
         barrier()
     if opts.folds and opts.fold == "all":
-        return train_folds(opts, run, lambda o: _read_summary(run_root(o)))
+        return train_folds(opts, run, lambda o: read_json(run_root(o) / "summary.json"))
     return run(opts)
 
 
@@ -120,14 +119,6 @@ def _after_training(val_time: float, p: Any, n_predict: int) -> float:
     per_image = val_time * world().size / n_val
     last = not opts.folds or fold_number(opts) == opts.folds - 1
     return per_image * ((n_val if opts.folds else 0) + (n_predict * max(opts.folds, 1) if last else 0))
-
-
-def _read_summary(root: Path) -> Optional[Dict[str, Any]]:
-    """A run folder's summary.json, or None."""
-    try:
-        return json.loads((root / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _tidy_run_dir(run_dir: Path, fresh: bool) -> None:

@@ -3,6 +3,7 @@ torchrun across two simulated machines, unfreezing under DDP."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -78,14 +79,25 @@ def test_validation_numbers_equal_a_single_process_evaluation(two_procs):
     assert va["loss"] == pytest.approx(last["val_loss"], rel=1e-6) and va["acc1"] == pytest.approx(last["val_acc"])
 
 
-def test_sigterm_to_the_launcher_saves_inside_the_epoch_and_resumes_exactly(data, two_procs, tmp_path):
-    """A SIGTERM sent to the launching process alone (a container's stop) reaches every process: they save
-    together inside epoch 2 (each process's partial sums and RNG), exit 143, and the resumed run ends with the
-    uninterrupted run's weights."""
+def test_two_processes_killed_then_stopped_by_sigterm_resume_exactly(data, two_procs, tmp_path):
+    """Killed (every process, SIGKILL) after epoch 1 and resumed; then a SIGTERM sent to the launching process
+    alone (a container's stop) reaches both processes, which save together inside epoch 2 (each one's partial
+    sums and RNG) and exit 143; resumed again, the run ends with the uninterrupted run's weights."""
     cmd = _cmd(data, tmp_path, "cut", "--devices", "2", "--batch-size", "8", *SAME_MATHS, "--resume", "auto")
-    proc = subprocess.Popen(cmd + ["--save-every", "0.5"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     for line in proc.stderr:
-        if "saved last.pt inside epoch 2" in line:  # an update of epoch 2 follows it: the signal lands there
+        if "epoch 1/2  lr" in line:  # epoch 1 saved: kill every process of the run
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["position"]["epoch"] == 1
+    # --save-every 0.1: the first update of epoch 2 saves (the epoch's end took longer than that), so the signal,
+    # sent once that save is logged, lands at one of the updates that follow
+    proc = subprocess.Popen(cmd + ["--save-every", "0.1"], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "saved last.pt inside epoch 2" in line:
             proc.send_signal(signal.SIGTERM)
             break
     rest = proc.stderr.read()

@@ -298,6 +298,28 @@ def test_the_next_kaggle_version_carries_the_kfold_run_over(tmp_path, monkeypatc
 # ------------------------------------------------------------------------------------------------ segmentation
 
 
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_an_unreadable_image_is_left_out_of_the_oof_rows(tmp_path, task):
+    """A truncated image (replaced by the next readable one in training and validation) gets no row: the row
+    would hold another image's prediction under its id. The other images have theirs, and the CV score."""
+    from kernel.tasks.segment.shapes import write_shapes_seg
+
+    if task == "segment":
+        data, model = write_shapes_seg(tmp_path / "d", n=24, seed=0, size=32), "tu-test_resnet"
+    else:
+        data, model = write_shapes(tmp_path / "d", n=48, seed=0, size=32) / "train", "test_resnet"
+    images = sorted(p for p in data.rglob("*.png") if "masks" not in p.parts)
+    bad = images[5]
+    bad.write_bytes(bad.read_bytes()[:60])
+    args = _args(data, tmp_path / "runs", "cv", "--folds", "2", "--bad-images-limit", "0.1")
+    args[args.index("test_resnet")], args[args.index("--epochs") + 1] = model, "1"
+    assert main(args) == 0
+    oof = _read(tmp_path / "runs" / "cv" / "oof.csv")
+    paths = {p.relative_to(data).as_posix() for p in images}
+    assert sorted(r["path"] for r in oof) == sorted(paths - {bad.relative_to(data).as_posix()})
+    assert json.loads((tmp_path / "runs" / "cv" / "summary.json").read_text())["images"] == len(images) - 1
+
+
 def test_segmentation_folds_write_oof_scores_masks_and_the_cv_miou(tmp_path):
     """Folds by image; OOF masks equal the fold's best.pt predicting the image file; cv_miou recomputed from the
     rows' pixel counts over every image (the foreground classes present, as val_miou)."""

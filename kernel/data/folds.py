@@ -34,13 +34,13 @@ from __future__ import annotations
 import csv
 import inspect
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..paths import atomic_write
 from ..registry import ConfigError
 
 __all__ = ["make_folds", "write_folds_csv", "read_folds_csv", "fold_indices"]
@@ -175,19 +175,13 @@ def write_folds_csv(path: str | os.PathLike, ids: Sequence[str], folds: np.ndarr
         raise ConfigError(f"cannot write {path}: folds has shape {folds.shape} and dtype {folds.dtype} "
                           f"for {len(ids)} ids; pass one integer fold per id")
     _check_unique(ids, f"cannot write {path}: ids")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["image", "fold"])
             writer.writerows(zip(ids, folds.tolist()))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the table is meant to be read and shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def read_folds_csv(path: str | os.PathLike, ids: Sequence[str], k: Optional[int] = None) -> np.ndarray:

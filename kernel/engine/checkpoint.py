@@ -3,7 +3,7 @@
 Everything here loads with ``torch.load(path, weights_only=True)``: numpy RNG state is stored as
 a tensor plus ints, and options as a plain dict. Files are written to a temporary name in the same
 folder, then moved with ``os.replace``, so a run killed mid-write never leaves a truncated
-``last.pt``. The schema (``FORMAT`` 2), every key a builtin or tensor:
+``last.pt``. The schema (``FORMAT`` 3), every key a builtin or tensor:
 
     format, version          schema number; the bundle version that wrote it
     task, classes, meta      what was learned: task name, class names, task facts (e.g. multilabel)

@@ -10,11 +10,11 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..paths import atomic_write
 
-__all__ = ["write_csv", "write_json", "write_metrics_csv"]
+__all__ = ["write_csv", "read_json", "write_json", "write_metrics_csv"]
 
 
 def write_csv(rows: Sequence[Sequence[Any]], path: str | os.PathLike) -> str:
@@ -28,6 +28,15 @@ def write_csv(rows: Sequence[Sequence[Any]], path: str | os.PathLike) -> str:
 def write_json(data: Any, path: str | os.PathLike) -> None:
     """Write ``data`` as indented JSON."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+
+
+def read_json(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
+    """A JSON file written by :func:`write_json` (e.g. a run's ``summary.json``), or None when it is missing
+    or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def write_metrics_csv(history: List[Dict[str, Any]], columns: Sequence[str], path: str | os.PathLike) -> str:

@@ -124,7 +124,10 @@ def carry_over(p: Prepared, state: FitState) -> None:
         target = p.run_dir / item.name
         if item.name.endswith(TMP_SUFFIX) or target.exists():
             continue
-        (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+        if item.is_dir():
+            shutil.copytree(item, target)
+        else:  # a kill mid-copy must not leave a truncated last.pt to resume from
+            atomic_write(target, lambda tmp, item=item: shutil.copy2(item, tmp))
     log.info("carried over the previous run's files from %s", src)
 
 

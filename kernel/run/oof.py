@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import __version__
-from ..data import build_loader
+from ..data import REPORT, build_loader, read_report, source_path
 from ..engine import load_trained, unwrap_model
-from ..report import write_csv, write_json
+from ..report import read_json, write_csv, write_json
 from ..report.plots import plot_cv
 from .folds import OOF, fold_finished, run_root
 from .prepare import Prepared
@@ -43,6 +43,13 @@ def write_fold_oof(p: Prepared) -> Path:
     ids = [plan.ids[j] for j in _full_indices(p.split.val, p.split.full)]
     header, rows = p.task.oof(model, loader, p.split, ids, plan.fold, p.device, p.amp_dtype,
                               run_root(o) / "oof_masks")
+    # An unreadable image was replaced by the next readable one (--bad-images skip): its row would hold that
+    # image's prediction under its own id, so it is left out.
+    bad = {path for path, _ in read_report(p.run_dir / REPORT)} if (p.run_dir / REPORT).is_file() else set()
+    kept = [row for j, row in enumerate(rows) if source_path(p.split.val, j) not in bad]
+    if len(kept) < len(rows):
+        log.warning("fold %d: %d unreadable images left out of %s", plan.fold, len(rows) - len(kept), OOF)
+    rows = kept
     path = write_csv([header, *rows], p.run_dir / OOF)
     log.info("fold %d: out-of-fold predictions of %d images -> %s", plan.fold, len(rows), path)
     return Path(path)
@@ -82,7 +89,7 @@ def finish_cv(p: Prepared) -> Optional[Dict[str, Any]]:
         header = table[0]
         rows += table[1:]
         fold_metrics.append(task.cv_metric(table[0], table[1:], p.split))
-        summary = _read_json(root / f"fold{i}" / "summary.json")
+        summary = read_json(root / f"fold{i}" / "summary.json") or {}
         fold_best.append(summary.get("best_metric"))
         histories.append(_history(root / f"fold{i}" / "metrics.csv"))
     rows.sort(key=lambda r: order.get(r[0], len(order)))
@@ -99,12 +106,3 @@ def finish_cv(p: Prepared) -> Optional[Dict[str, Any]]:
     log.info("%d-fold CV: %s %.4f over %d out-of-fold images (folds: %s)", plan.k, task.cv_name, cv, len(rows),
              ", ".join(f"{m:.4f}" for m in fold_metrics))
     return summary
-
-
-def _read_json(path: Path) -> Dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}

@@ -24,7 +24,7 @@ from ...report import plots
 from ..base import Task
 from .data import build_seg_sources, decode_multilabel
 from .metrics import SegMeter
-from .oof import cv_miou, oof_table
+from .oof import cv_miou, oof_table, table_names
 from .pictures import plot_overlays, write_seg_per_class_csv
 
 __all__ = ["SegmentTask", "SegMeter", "build_seg_sources", "SEG_IMG_SIZE", "N_PICTURES"]
@@ -119,7 +119,7 @@ class SegmentTask(Task):
                    dcfg: Dict[str, Any], safe: Callable[..., None]) -> None:
         """per_class.csv, the pixel confusion matrix and overlays of the worst images, best epoch."""
         title = f"best checkpoint (epoch {epoch}), validation"
-        names = _table_names(split)
+        names = table_names(split.meta["mode"], split.classes)
         safe("per_class.csv", lambda: write_seg_per_class_csv(val["per_class"], names, run_dir / "per_class.csv"), False)
         if "confusion" in val:
             safe("confusion_matrix.png", lambda: plots.plot_confusion_matrix(
@@ -141,25 +141,19 @@ class SegmentTask(Task):
 
     def oof(self, model: nn.Module, loader: Any, split: DataSplit, ids: List[str], fold: int,
             device: torch.device, amp_dtype: Any, mask_dir: Any) -> Tuple[List[str], List[List[Any]]]:
-        return oof_table(model, loader, lambda j: split.val[j][2], self.target(split), ids, fold, split.classes,
-                         split.meta, device, amp_dtype, Path(mask_dir))
+        guard = getattr(loader.dataset, "guard", None)  # the mask of the image the loader gave (a bad one replaced)
+        return oof_table(model, loader, lambda j: (guard.read(split.val, j) if guard else split.val[j])[2],
+                         self.target(split), ids, fold, split.classes, split.meta, device, amp_dtype, Path(mask_dir))
 
     def cv_metric(self, header: List[str], rows: List[List[Any]], split: DataSplit) -> float:
         return cv_miou(header, rows, split.meta, split.classes)
-
-
-def _table_names(split: DataSplit) -> List[str]:
-    """The per-class table's rows: binary counts background and foreground."""
-    if split.meta["mode"] == "binary" and len(split.classes) == 1:
-        return ["background", split.classes[0]]
-    return list(split.classes)
 
 
 def display_masks(masks: torch.Tensor, split: DataSplit) -> Tuple[Any, List[str], List[List[int]]]:
     """Masks as index images for pictures, with their names and colours (multilabel bits: highest class)."""
     colors = [list(c) for c in split.meta["colors"]]
     if split.meta["mode"] != "multilabel":
-        return masks.numpy(), _table_names(split), colors
+        return masks.numpy(), table_names(split.meta["mode"], split.classes), colors
     m = masks.long()
     index = torch.zeros_like(m)
     for k in range(len(split.classes)):
