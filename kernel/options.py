@@ -90,6 +90,8 @@ class Options:
     dry_run: bool = _opt(False, "a few batches of training and validation on a tiny subset, to debug")
     log_every: int = _opt(20, "batches between progress lines when not on a terminal")
     plot_every: float = _opt(60.0, "seconds between redraws of the run's pictures (0: every epoch; always at the end)")
+    plots: bool = _opt(True, "draw the pictures (curves.png, predictions.png, confusion_matrix.png); --no-plots "
+                             "skips them (a second or more each on a CPU), the CSV and JSON outputs stay")
     tensorboard: bool = _opt(True, "write TensorBoard events when tensorboard is installed")
     list_models: str = _opt("", "print model names matching a pattern (e.g. '*resnet*', 'tv:*') and exit",
                             metavar="PATTERN")

@@ -29,7 +29,7 @@ def data(tmp_path_factory) -> Path:
 def _cmd(data: Path, out: Path, name: str, *extra: str, model: str = "test_vit", epochs: int = 2) -> list:
     return [sys.executable, "-m", "kernel.train", "--data", str(data), "--model", model, "--img-size", "32",
             "--epochs", str(epochs), "--workers", "0", "--device", "cpu", "--aug", "light", "--output", str(out),
-            "--name", name, "--no-tensorboard", "--plot-every", "1000", "--lr", "0.002", *extra]
+            "--name", name, "--no-tensorboard", "--no-plots", "--lr", "0.002", *extra]
 
 
 def _run(cmd: list, **kw) -> subprocess.CompletedProcess:

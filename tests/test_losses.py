@@ -515,7 +515,7 @@ def test_user_loss_and_routed_combination_train_through_the_cli(tmp_path):
                               ("combo", "0.5*dice+ce", ["--loss-kwargs", "dice__smooth=0.5,label_smoothing=0.1"])):
         argv = ["--data", str(data / "train"), "--model", "test_resnet", "--img-size", "32", "--epochs", "3",
                 "--batch-size", "16", "--lr", "0.003", "--loss", loss, "--output", str(tmp_path), "--name", name,
-                "--workers", "0", "--device", "cpu", "--aug", "none", "--no-tensorboard", *extra]
+                "--workers", "0", "--device", "cpu", "--aug", "none", "--no-tensorboard", "--no-plots", *extra]
         assert main(argv) == 0
         with open(tmp_path / name / "metrics.csv", newline="") as fh:
             losses = [float(row["train_loss"]) for row in csv.DictReader(fh)]

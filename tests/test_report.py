@@ -137,6 +137,14 @@ def test_without_matplotlib_per_class_csv_is_still_written(tmp_path, monkeypatch
     assert not any((run / f).exists() for f in ("curves.png", "confusion_matrix.png", "predictions.png"))
 
 
+def test_no_plots_skips_the_pictures_and_keeps_the_tables(tmp_path):
+    assert main(small_args(tmp_path, "--dry-run", "--epochs", "1", "--name", "np", "--no-tensorboard",
+                           "--no-plots")) == 0
+    run = tmp_path / "np"
+    assert not list(run.glob("*.png")) and "plots disabled" not in (run / "train.log").read_text()
+    assert (run / "per_class.csv").is_file() and (run / "metrics.csv").is_file()
+
+
 def test_tensorboard_absent_is_one_log_line(tmp_path, monkeypatch, caplog):
     from kernel.report import TensorBoardLogger
 

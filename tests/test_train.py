@@ -50,7 +50,8 @@ def shapes480(tmp_path_factory):
     return write_shapes(tmp_path_factory.mktemp("s480"), n=480, seed=0, size=32)
 
 
-LEARN = ["--epochs", "16", "--batch-size", "32", "--lr", "0.003", "--aug", "none", "--seed", "0"]
+LEARN = ["--epochs", "16", "--batch-size", "32", "--lr", "0.003", "--aug", "none", "--seed", "0", "--no-plots",
+         "--no-tensorboard"]
 
 
 def test_learns_shapes_from_png_imagefolder(tmp_path, shapes480):

@@ -79,8 +79,12 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, params: list, scaler: Opti
     return scaler.get_scale() >= scale_before  # the scale drops only on a skipped step
 
 
-def _check_divergence(bad_streak: int, skip_streak: int, step: int, loss: torch.Tensor) -> None:
-    """Stop a run whose loss stays non-finite, before a checkpoint of broken weights is ever saved."""
+def _check_divergence(bad_streak: torch.Tensor, skip_streak: int, step: int, loss: torch.Tensor) -> None:
+    """Stop a run whose loss stays non-finite, before a checkpoint of broken weights is ever saved.
+
+    The processes of a run decide together (the longest streak): a NaN on one reaches the others an update
+    later, through the gradients."""
+    bad_streak = int(all_reduce_max(float(bad_streak)))
     fix = "lower --lr, add --clip-grad 1.0, or train in fp32 (without --amp); check the data and the loss"
     if bad_streak >= MAX_NONFINITE:
         raise TrainingDiverged(f"step {step}: the loss is {float(loss.detach())} for {bad_streak} steps in a row; "
@@ -174,8 +178,7 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
             else:
                 skipped, skip_streak = skipped + 1, skip_streak + 1
         if (i + 1) % CHECK_EVERY == 0 or i + 1 == n_batches:
-            # the processes decide together: a NaN on one reaches the others an update later, through the gradients
-            _check_divergence(int(all_reduce_max(float(bad_streak))), skip_streak, i + 1, loss)
+            _check_divergence(bad_streak, skip_streak, i + 1, loss)
         if progress is not None:
             progress(i + 1, n_batches, lambda: {"loss": (loss_sum / max(seen, 1)).item()})
         if last_of_group and on_update is not None and i + 1 < n_batches and on_update(i + 1, snapshot):

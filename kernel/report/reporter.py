@@ -40,12 +40,12 @@ class EpochReporter:
 
     def __init__(self, run_dir: str | Path, *, task: Any, split: Any, dcfg: Dict[str, Any], monitor: str,
                  val_dataset: Any = None, tensorboard: bool = True, start_epoch: int = 1, every: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 plots: bool = True, clock: Callable[[], float] = time.monotonic):
         self.run_dir, self.task, self.split, self.dcfg = Path(run_dir), task, split, dcfg
         self.monitor, self.val_dataset, self.every, self.clock = monitor, val_dataset, every, clock
         self.tb = TensorBoardLogger.open(self.run_dir / "tb", tensorboard,
                                          purge_step=start_epoch if start_epoch > 1 else None)
-        self._plots_ok = True
+        self._plots_ok = plots  # False: the pictures are skipped, the CSV outputs still written
         self._fresh = start_epoch <= 1  # a resumed run's events already hold the graph and samples
         self._last_draw = clock()  # counted from the start: a run shorter than ``every`` draws once, at the end
         self._pending_best: Optional[tuple] = None  # (epoch, val outputs) not drawn yet

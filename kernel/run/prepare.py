@@ -113,8 +113,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
-    # both ways: a later run in the same process (a notebook, the tests) does not inherit an earlier one's
-    torch.use_deterministic_algorithms(deterministic)
+    # Both ways, so a later run in the same process (a notebook, the tests) does not inherit an earlier one's;
+    # only when it changes something: the call imports torch's compiler stack (seconds per process).
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
 
 

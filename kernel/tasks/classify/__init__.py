@@ -93,12 +93,15 @@ class ClassifyTask(Task):
             safe("confusion_matrix.png", lambda: plots.plot_confusion_matrix(
                 stats["cm"], split.classes, run_dir / "confusion_matrix.png", title=title), True)
         idx = sample_indices(len(probs), N_PICTURES)
-        if idx:
+
+        def predictions() -> None:
             with torch.random.fork_rng(devices=[]):  # a custom eval transform must not touch the run's RNG
                 images = torch.stack([val_dataset[i][0] for i in idx])
-            safe("predictions.png", lambda: plot_predictions(
-                images, probs[idx], targets[idx], split.classes, run_dir / "predictions.png", mean=dcfg["mean"],
-                std=dcfg["std"], multilabel=multilabel, title=title), True)
+            plot_predictions(images, probs[idx], targets[idx], split.classes, run_dir / "predictions.png",
+                             mean=dcfg["mean"], std=dcfg["std"], multilabel=multilabel, title=title)
+
+        if idx:
+            safe("predictions.png", predictions, True)
 
     def predict(self, trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
                 device: torch.device) -> Dict[str, Any]:
