@@ -74,11 +74,10 @@ def test_stops_at_the_first_update_after_which_the_rest_would_not_fit(clock):
         done += 1
         if control.after_update(1, done, dict, save):
             break
-    # until a save is measured, its cost is the 1 s guess
-    needed_before_save = 2 * 1.0 + 5.0 + 1.0 + 10.0 + min(budget.RESERVE_S, budget.RESERVE_SHARE * 100.0)
-    assert needed_before_save == 23.0
-    assert saves == [(1, done, 1000.0 + done)]
-    assert 1000.0 + 100.0 - (1000.0 + done) < 23.0 <= 1000.0 + 100.0 - (1000.0 + done - 1)  # the first such update
+    # needed = 2 updates (2 s) + validation (5 s) + a save (the 1 s guess until one is measured) + prediction
+    # (10 s) + margin (min(10 s, 5 % of 100 s) = 5 s) = 23 s; after update n, 100 - n s are left: n = 78 is the first
+    assert done == 78
+    assert saves == [(1, 78, 1078.0)]
     assert control.reason == "time_limit"
     assert control.save_cost == 2.0  # measured from that save on
 

@@ -45,7 +45,7 @@ def write_fold_oof(p: Prepared) -> Path:
                               run_root(o) / "oof_masks")
     # An unreadable image was replaced by the next readable one (--bad-images skip): its row would hold that
     # image's prediction under its own id, so it is left out.
-    bad = {path for path, _ in read_report(p.run_dir / REPORT)} if (p.run_dir / REPORT).is_file() else set()
+    bad = {path for path, _ in read_report(p.run_dir / REPORT)}
     kept = [row for j, row in enumerate(rows) if source_path(p.split.val, j) not in bad]
     if len(kept) < len(rows):
         log.warning("fold %d: %d unreadable images left out of %s", plan.fold, len(rows) - len(kept), OOF)
