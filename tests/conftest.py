@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
+import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Sequence, Tuple
 
 import pytest
 
@@ -25,12 +28,53 @@ def shapes_dir(tmp_path_factory) -> Path:
     return write_shapes(tmp_path_factory.mktemp("shapes"), n=240, seed=0, size=32)
 
 
-def subprocess_env(threads: int = 2, **extra: str) -> Dict[str, str]:
+def subprocess_env(threads: int = 2, hooks: Sequence[str] = (), **extra: str) -> Dict[str, str]:
     """The environment of a ``python -m kernel...`` child: this checkout importable, ``threads`` OpenMP threads
-    each, and none of the runner's Kaggle, Colab or kernel variables (a test sets those it simulates)."""
+    each, and none of the runner's Kaggle, Colab or kernel variables (a test sets those it simulates).
+
+    ``hooks`` (``"ticks"``, ``"jump"``, ``"pause"``) turns on the test hooks of ``tests/hooks/sitecustomize.py``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "COLAB_", "KERNEL_"))}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), **extra)
+    path = [str(ROOT)] + ([str(ROOT / "tests" / "hooks")] if hooks else [])
+    env.update(PYTHONPATH=os.pathsep.join(path), OMP_NUM_THREADS=str(threads), **extra)
+    env.update({f"KERNEL_TEST_{name.upper()}": "1" for name in hooks})
     return env
+
+
+PAUSED = re.compile(r"test-hook: paused pid (\d+) at epoch (\d+), batch (\d+)")
+
+
+def paused_at(line: str) -> Optional[Tuple[int, int, int]]:
+    """(pid, epoch, batch) when ``line`` says a process started with the ``pause`` hook stopped after a save."""
+    m = PAUSED.search(line)
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+def _wait_for(pid: int, what: str, done, timeout: float = 120.0) -> None:
+    """Poll Linux's /proc/PID/status until ``done(status text)``; raise when it never comes (a bug, not slowness)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done(Path(f"/proc/{pid}/status").read_text()):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid}: {what} never happened")
+
+
+def wait_until_stopped(pid: int) -> None:
+    """Wait until the process ``pid``, which said it pauses, has stopped (it writes its line just before)."""
+    _wait_for(pid, "the pause", lambda status: re.search(r"^State:\s*T", status, re.M) is not None)
+
+
+def wait_until_pending(pid: int, signum: int) -> None:
+    """Wait until ``signum`` is pending on the stopped process ``pid``: another process has sent it."""
+    _wait_for(pid, f"signal {signum}",
+              lambda status: int(re.search(r"^ShdPnd:\s*([0-9a-f]+)", status, re.M)[1], 16) >> (signum - 1) & 1)
+
+
+def go_on(pid: int) -> None:
+    """Let a process paused by the ``pause`` hook go on. SIGCONT sent before it has stopped would be lost, and it
+    would then stop for good: wait for the stop first."""
+    wait_until_stopped(pid)
+    os.kill(pid, signal.SIGCONT)
 
 
 def small_args(tmp_path: Path, *extra: str) -> list:

@@ -16,9 +16,11 @@ import torch
 from kernel.data import write_shapes
 from kernel.train import main
 
-from conftest import subprocess_env
+from conftest import go_on, paused_at, subprocess_env, wait_until_pending, wait_until_stopped
 
 ENV = subprocess_env(threads=1)
+# where saves land and where kills and signals come, chosen by the test (tests/hooks/sitecustomize.py)
+HOOKED = subprocess_env(threads=1, hooks=("ticks", "pause"))
 
 
 @pytest.fixture(scope="module")
@@ -79,33 +81,51 @@ def test_validation_numbers_equal_a_single_process_evaluation(two_procs):
     assert va["loss"] == pytest.approx(last["val_loss"], rel=1e-6) and va["acc1"] == pytest.approx(last["val_acc"])
 
 
+def _paused_together(proc: subprocess.Popen, n: int = 2):
+    """The saves after which all ``n`` processes of ``proc``'s run (started with the ``pause`` test hook) have
+    paused, as (pids, epoch, batch); the caller lets them go on (SIGCONT) or ends the run there."""
+    waiting: dict = {}
+    for line in proc.stderr:
+        at = paused_at(line)
+        if at is not None:
+            waiting.setdefault(at[1:], []).append(at[0])
+            if len(waiting[at[1:]]) == n:
+                yield (waiting.pop(at[1:]), *at[1:])
+
+
 def test_two_processes_killed_then_stopped_by_sigterm_resume_exactly(data, two_procs, tmp_path):
     """Killed (every process, SIGKILL) after epoch 1 and resumed; then a SIGTERM sent to the launching process
     alone (a container's stop) reaches both processes, which save together inside epoch 2 (each one's partial
     sums and RNG) and exit 143; resumed again, the run ends with the uninterrupted run's weights."""
     cmd = _cmd(data, tmp_path, "cut", "--devices", "2", "--batch-size", "8", *SAME_MATHS, "--resume", "auto")
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, env=HOOKED, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    for line in proc.stderr:
-        if "epoch 1/2  lr" in line:  # epoch 1 saved: kill every process of the run
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
+    for pids, epoch, batch in _paused_together(proc):
+        assert (epoch, batch) == (1, 0)  # epoch 1 saved, every process paused: kill them all
+        os.killpg(proc.pid, signal.SIGKILL)
+        break
     proc.wait()
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["position"]["epoch"] == 1
-    # --save-every 0.1: the first update of epoch 2 saves (the epoch's end took longer than that), so the signal,
-    # sent once that save is logged, lands at one of the updates that follow
-    proc = subprocess.Popen(cmd + ["--save-every", "0.1"], env=ENV, stdout=subprocess.DEVNULL,
+    # resumed, saving every few updates (the ticking clock): paused after a save inside epoch 2, after batch b,
+    # the launcher gets SIGTERM; once both processes hold it, they go on, finish batch b + 1 and stop there
+    proc = subprocess.Popen(cmd + ["--save-every", "3"], env=HOOKED, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "saved last.pt inside epoch 2" in line:
+    signalled = 0
+    for pids, epoch, batch in _paused_together(proc):
+        if batch > 0 and not signalled:
+            for pid in pids:
+                wait_until_stopped(pid)
             proc.send_signal(signal.SIGTERM)
-            break
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=300) == 143, rest[-3000:]
+            for pid in pids:
+                wait_until_pending(pid, signal.SIGTERM)  # passed on by the launcher
+            signalled = batch
+        for pid in pids:
+            go_on(pid)
+    assert proc.wait(timeout=300) == 143 and signalled
     position = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["position"]
-    assert position["epoch"] == 2 and position["batch"] >= 1 and len(position["partial"]) == 2, position
+    assert (position["epoch"], position["batch"], len(position["partial"])) == (2, signalled + 1, 2), position
     r = _run(cmd)
-    assert r.returncode == 0 and f"at epoch 2, batch {position['batch']}" in r.stderr, r.stderr[-3000:]
+    assert r.returncode == 0 and f"at epoch 2, batch {signalled + 1}" in r.stderr, r.stderr[-3000:]
     a = torch.load(two_procs / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     for k in a["model"]:
@@ -144,7 +164,7 @@ def test_an_error_in_one_rank_ends_every_rank_in_one_line(data, tmp_path):
 
 def test_a_failed_self_test_falls_back_to_one_device(data, tmp_path):
     r = _run(_cmd(data, tmp_path, "fb", "--devices", "2", "--batch-size", "8", epochs=1),
-             env=dict(ENV, KERNEL_TEST_SELFTEST_FAIL="1"))
+             env=subprocess_env(threads=1, hooks=("selftest",)))
     assert r.returncode == 0, r.stderr[-3000:]
     warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "self-test" in warnings[0] and "continuing on one device" in warnings[0]

@@ -28,9 +28,10 @@ from kernel.tasks import get_task
 from kernel.tasks.classify import predict_probs
 from kernel.train import main
 
-from conftest import subprocess_env
+from conftest import go_on, paused_at, subprocess_env
 
 ENV = subprocess_env()
+HOOKED = subprocess_env(hooks=("ticks", "pause"))  # tests/hooks/sitecustomize.py
 CLASSES = ["circle", "cross", "square", "triangle"]  # ImageFolder order (sorted folder names)
 
 
@@ -230,12 +231,17 @@ def test_fold_ensemble_logits_give_back_the_mean_probability(activation):
 
 
 def _kill_inside_fold_1(cmd: list) -> None:
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """Run ``cmd`` (saving every few updates, each save followed by a pause: the test hooks) and SIGKILL it while
+    it is paused after its first save inside an epoch of fold 1."""
+    proc = subprocess.Popen(cmd, env=HOOKED, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     in_fold_1 = False
     for line in proc.stderr:
         in_fold_1 = in_fold_1 or "fold 1 of 2" in line
-        if in_fold_1 and "saved last.pt inside" in line:
-            break
+        at = paused_at(line)
+        if at is not None:
+            if in_fold_1 and at[2] > 0:
+                break
+            go_on(at[0])
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -248,7 +254,7 @@ def more_data(tmp_path_factory) -> Path:
 def test_fold_all_killed_inside_fold_1_resumes_exactly_without_retraining(more_data, tmp_path):
     """With EMA and Mixup/CutMix on: the weights, their average and the OOF table come out bit for bit."""
     extra = ["--folds", "2", "--deterministic", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0",
-             "--save-every", "0.1"]
+             "--save-every", "3"]  # on the hooks' ticking clock: every few updates
     data = more_data
     full = subprocess.run([sys.executable, "-m", "kernel.train", *_args(data, tmp_path, "full", *extra)],
                           env=ENV, capture_output=True, text=True, timeout=600)

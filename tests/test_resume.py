@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ import torch
 from kernel.data import write_shapes
 from kernel.tasks.segment.shapes import write_shapes_seg
 
-from conftest import subprocess_env
+from conftest import go_on, paused_at, subprocess_env
 
 ENV = subprocess_env()
 
@@ -50,47 +51,51 @@ def uninterrupted(data, tmp_path_factory) -> Path:
     return out / "full" / "last.pt"
 
 
-# ``kernel.train`` whose time budget reads a clock the test moves: SIGUSR1 puts it 12 hours ahead, as if the rest of
-# a Kaggle session had passed in one step. What follows is the real stop (remaining < needed), at a moment the test
-# chooses, on a fast machine or a slow one: no limit is guessed from how long this machine takes.
-_CLOCK_JUMPS_ON_SIGUSR1 = (
-    "import signal, sys, time, types\n"
-    "from kernel.run import budget\n"
-    "ahead = [0.0]\n"
-    "budget.time = types.SimpleNamespace(time=lambda: time.time() + ahead[0])\n"
-    "signal.signal(signal.SIGUSR1, lambda *_: ahead.__setitem__(0, 12 * 3600.0))\n"
-    "from kernel.train import main\n"
-    "sys.exit(main(sys.argv[1:]))\n")
+# Where a save lands and where a kill, a signal or the end of the time comes are chosen by the test, never by this
+# machine's speed (tests/hooks/sitecustomize.py): the budget's clock ticks one second per read, so --save-every 3
+# saves every few updates, and each process pauses after each save until the test kills it or lets it go on.
+HOOKED = subprocess_env(hooks=("ticks", "pause"))
+SAVE_OFTEN = ("--save-every", "3")
 
 
-def _out_of_time_after_epoch_1(cmd: list, env: dict) -> subprocess.CompletedProcess:
-    """Run ``cmd`` (a ``python -m kernel.train`` line); once its first epoch has ended, its clock jumps 12 h."""
-    assert cmd[1:3] == ["-m", "kernel.train"]
-    proc = subprocess.Popen([cmd[0], "-c", _CLOCK_JUMPS_ON_SIGUSR1, *cmd[3:]], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    seen = []
+def _out_of_time_inside_epoch_2(cmd: list, **env: str) -> Tuple[subprocess.CompletedProcess, int]:
+    """Run ``cmd`` (saving every few updates); paused after its first save inside epoch 2, after batch ``b``, its
+    clock jumps 12 hours ahead, as if the rest of a Kaggle session had passed in one step. What follows is the real
+    stop (remaining < needed) after the next update. Returns the finished run and ``b``."""
+    proc = subprocess.Popen([*cmd, *SAVE_OFTEN], env=subprocess_env(hooks=("ticks", "jump", "pause"), **env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen, jumped = [], 0
     for line in proc.stderr:
         seen.append(line)
-        if "epoch 1/" in line and "  lr " in line:  # epoch 1 is done: the clock jumps in epoch 2
-            proc.send_signal(signal.SIGUSR1)
-            break
-    seen.append(proc.stderr.read())
-    return subprocess.CompletedProcess(cmd, proc.wait(timeout=600), None, "".join(seen))
+        at = paused_at(line)
+        if at is not None:
+            if at[1] == 2 and at[2] > 0 and not jumped:
+                proc.send_signal(signal.SIGUSR1)  # pending until the process goes on
+                jumped = at[2]
+            go_on(at[0])
+    return subprocess.CompletedProcess(cmd, proc.wait(timeout=600), None, "".join(seen)), jumped
 
 
 def _kill_at_random_moments(cmds: list, seed: int) -> list:
-    """Run each of ``cmds`` (resuming) in turn, each SIGKILLed at a seeded random moment: after a random number of
-    saves (inside epochs with --save-every, or at an epoch's end) plus a random delay. Returns where each stood."""
+    """Run each of ``cmds`` (resuming, saving every few updates) in turn, each SIGKILLed at a seeded random moment:
+    right after its 1st, 2nd or 3rd save (inside an epoch or at its end), or, every other run, a random delay after
+    that save, wherever the run has got to by then. Returns where each kill left ``last.pt``: (epoch, batch)."""
     rng, where = random.Random(seed), []
-    for cmd in cmds:
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        saves, wanted = 0, rng.randint(1, 3)
+    for i, cmd in enumerate(cmds):
+        proc = subprocess.Popen([*cmd, *SAVE_OFTEN], env=HOOKED, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        saves, wanted, delay = 0, rng.randint(1, 3), rng.uniform(0.0, 0.4) if i % 2 else None
         for line in proc.stderr:
-            if "saved last.pt inside" in line or "  lr " in line:  # a mid-epoch save, or an epoch's end
-                saves += 1
-                if saves == wanted:
-                    time.sleep(rng.uniform(0.0, 0.4))
-                    break
+            at = paused_at(line)
+            if at is None:
+                continue
+            saves += 1
+            if saves == wanted and delay is None:
+                break  # killed while paused right after the save
+            go_on(at[0])
+            if saves == wanted:
+                time.sleep(delay)  # killed in the middle of whatever came next (or paused at the next save)
+                break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         ckpt = torch.load(Path(cmd[cmd.index("--output") + 1]) / cmd[cmd.index("--name") + 1] / "last.pt",
@@ -104,10 +109,10 @@ def test_five_kills_anywhere_end_bit_identical(data, uninterrupted, tmp_path):
     (persistent workers on): the same weights and losses as the uninterrupted run, which used 0 workers, so
     neither the worker count nor a change of it between resumes matters."""
     def cmd(workers: str) -> list:
-        return _cmd(data, tmp_path, "cut", workers, 3, "--resume", "auto", "--save-every", "0.3")
+        return _cmd(data, tmp_path, "cut", workers, 3, "--resume", "auto")
 
     where = _kill_at_random_moments([cmd(w) for w in ("2", "0", "2", "0", "2")], seed=0)
-    assert any(batch > 0 for _, batch in where), where  # some kills landed inside an epoch
+    assert any(batch > 0 for _, batch in where[::2]), where  # some kills right after a save inside an epoch
     done = subprocess.run(cmd("2"), env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stderr
@@ -126,7 +131,7 @@ def test_segmentation_killed_at_a_random_moment_resumes_bit_identical(tmp_path):
 
     full = subprocess.run(cmd("full"), env=ENV, capture_output=True, text=True, timeout=600)
     assert full.returncode == 0 and "task segment" in full.stderr, full.stderr[-3000:]
-    cut = cmd("cut", "--resume", "auto", "--save-every", "0.3")
+    cut = cmd("cut", "--resume", "auto")
     where = _kill_at_random_moments([cut], seed=3)
     assert where != [(2, 0)], "the kill came after the last epoch: nothing was left to resume"
     done = subprocess.run(cut, env=ENV, capture_output=True, text=True, timeout=600)
@@ -145,7 +150,7 @@ def test_unreadable_images_keep_a_killed_run_with_workers_bit_identical(tmp_path
                           capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr[-3000:]
     assert len((tmp_path / "full" / "bad_images.txt").read_text().splitlines()) == 2
-    cut = _cmd(data, tmp_path, "cut", "2", 2, "--bad-images-limit", "0.05", "--resume", "auto", "--save-every", "0.3")
+    cut = _cmd(data, tmp_path, "cut", "2", 2, "--bad-images-limit", "0.05", "--resume", "auto")
     where = _kill_at_random_moments([cut], seed=1)
     assert where != [(2, 0)], "the kill came after the last epoch: nothing was left to resume"
     done = subprocess.run(cut, env=ENV, capture_output=True, text=True, timeout=600)
@@ -155,34 +160,43 @@ def test_unreadable_images_keep_a_killed_run_with_workers_bit_identical(tmp_path
 
 def test_time_limit_stops_cleanly_and_the_resumed_run_is_exact(data, uninterrupted, tmp_path):
     (tmp_path / "cfg.yaml").write_text(f"predict:\n  inputs: [{data / 'circle'}]\n  workers: 0\n")
-    stop = _out_of_time_after_epoch_1(_cmd(data, tmp_path, "tl", "0", 3, "--config", str(tmp_path / "cfg.yaml"),
-                                           "--time-limit", "1h"), ENV)
+    stop, jumped = _out_of_time_inside_epoch_2(_cmd(data, tmp_path, "tl", "0", 3, "--config",
+                                                    str(tmp_path / "cfg.yaml"), "--time-limit", "1h"))
     assert stop.returncode == 0, stop.stderr[-3000:]
     summary = json.loads((tmp_path / "tl" / "summary.json").read_text())
-    assert summary["stopped"] == "time_limit" and summary["epochs_run"] < 3, summary
+    assert summary["stopped"] == "time_limit" and summary["epochs_run"] == 1, summary
+    position = torch.load(tmp_path / "tl" / "last.pt", weights_only=True)["position"]
+    assert (position["epoch"], position["batch"]) == (2, jumped + 1)  # saved after the update that followed
     assert "continue with --resume auto" in stop.stderr
     assert len((tmp_path / "tl" / "predictions.csv").read_text().splitlines()) == 61  # predict: ran, with best.pt
     resumed = subprocess.run(_cmd(data, tmp_path, "tl", "0", 3, "--resume", "auto"), env=ENV, capture_output=True,
                              text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0 and f"at epoch 2, batch {jumped + 1}" in resumed.stderr, resumed.stderr[-3000:]
     _same_weights(uninterrupted, tmp_path / "tl" / "last.pt")
 
 
 def test_sigterm_saves_within_a_step_and_exits_143(data, uninterrupted, tmp_path):
-    proc = subprocess.Popen(_cmd(data, tmp_path, "term"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    """SIGTERM inside epoch 2 (sent while the run is paused after a save there, after batch b): the run finishes
+    the next step, saves last.pt after batch b + 1 and exits 143; resumed, it ends bit-identical."""
+    proc = subprocess.Popen([*_cmd(data, tmp_path, "term"), *SAVE_OFTEN], env=HOOKED, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    seen, signalled = [], 0
     for line in proc.stderr:
-        if "epoch 1/3  lr" in line:  # the first epoch is done: SIGTERM lands in the second
-            proc.send_signal(signal.SIGTERM)
-            break
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=120) == 143, rest[-2000:]
-    assert "SIGTERM received" in rest and "saved last.pt inside epoch 2" in rest
-    ckpt = torch.load(tmp_path / "term" / "last.pt", weights_only=True)
-    assert ckpt["position"]["epoch"] == 2 and ckpt["position"]["batch"] >= 1
+        seen.append(line)
+        at = paused_at(line)
+        if at is not None:
+            if at[1] == 2 and at[2] > 0 and not signalled:
+                proc.send_signal(signal.SIGTERM)  # pending until the process goes on
+                signalled = at[2]
+            go_on(at[0])
+    rest = "".join(seen)
+    assert proc.wait(timeout=120) == 143 and signalled, rest[-2000:]
+    assert "SIGTERM received" in rest and f"saved last.pt inside epoch 2 after batch {signalled + 1}" in rest
+    position = torch.load(tmp_path / "term" / "last.pt", weights_only=True)["position"]
+    assert (position["epoch"], position["batch"]) == (2, signalled + 1)
     resumed = subprocess.run(_cmd(data, tmp_path, "term", "0", 3, "--resume", "auto"), env=ENV, capture_output=True,
                              text=True, timeout=600)
-    assert resumed.returncode == 0 and f"at epoch 2, batch {ckpt['position']['batch']}" in resumed.stderr
+    assert resumed.returncode == 0 and f"at epoch 2, batch {signalled + 1}" in resumed.stderr
     _same_weights(uninterrupted, tmp_path / "term" / "last.pt")
 
 
@@ -190,13 +204,12 @@ def test_sigterm_saves_within_a_step_and_exits_143(data, uninterrupted, tmp_path
 def kaggle_version_1(data, uninterrupted, tmp_path_factory) -> Path:
     """Version 1 of a Kaggle kernel: stopped by its time limit; its /kaggle/working is what version 2 mounts."""
     root = tmp_path_factory.mktemp("v1")
-    env = dict(ENV, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(root / "input"),
-               KERNEL_KAGGLE_WORKING=str(root / "working"))
     (root / "input").mkdir()
     cmd = _cmd(data, root, "run", "0", 4, "--resume", "auto")  # the time limit: Kaggle's (auto)
     del cmd[cmd.index("--output"):cmd.index("--output") + 2]  # on Kaggle: /kaggle/working/<name>
     cmd.remove("--no-plots")  # curves.png is to cover every version
-    out = _out_of_time_after_epoch_1(cmd, env)
+    out, _ = _out_of_time_inside_epoch_2(cmd, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(root / "input"),
+                                         KERNEL_KAGGLE_WORKING=str(root / "working"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((root / "working" / "run" / "summary.json").read_text())["stopped"] == "time_limit"
     return root / "working" / "run"
