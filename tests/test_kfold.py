@@ -146,6 +146,17 @@ def test_oof_covers_every_image_once_and_matches_each_folds_best_pt(run, data):
         assert torch.allclose(got, want, atol=1e-6, rtol=0), f
 
 
+def test_a_dry_run_says_its_oof_table_covers_only_its_subset(data, tmp_path, capsys):
+    """--dry-run validates a few batches of each fold: oof.csv is partial, and the log says so for each fold."""
+    assert main(_args(data / "train", tmp_path, "dry", "--folds", "2", "--dry-run")) == 0
+    rows = _read(tmp_path / "dry" / "oof.csv")
+    assert 0 < len(rows) < 96
+    err = capsys.readouterr().err
+    for f in range(2):
+        n = sum(int(r["fold"]) == f for r in rows)
+        assert f"--dry-run: oof.csv holds only the dry run's {n} validation images of fold {f}" in err, err[-2000:]
+
+
 def test_ema_weights_are_what_best_pt_predicts_with_and_what_is_exported(run):
     from safetensors.torch import load_file
 
@@ -324,6 +335,9 @@ def test_an_unreadable_image_is_left_out_of_the_oof_rows(tmp_path, task):
     paths = {p.relative_to(data).as_posix() for p in images}
     assert sorted(r["path"] for r in oof) == sorted(paths - {bad.relative_to(data).as_posix()})
     assert json.loads((tmp_path / "runs" / "cv" / "summary.json").read_text())["images"] == len(images) - 1
+    if task == "segment":  # nor a mask file: it would be the replacement's prediction under the bad image's name
+        written = sorted(p.name for p in (tmp_path / "runs" / "cv" / "oof_masks").iterdir())
+        assert written == sorted(f"{Path(r['path']).stem}.png" for r in oof) and f"{bad.stem}.png" not in written
 
 
 def test_segmentation_folds_write_oof_scores_masks_and_the_cv_miou(tmp_path):

@@ -41,17 +41,19 @@ def write_fold_oof(p: Prepared) -> Path:
     loader = build_loader(p.val_loader.dataset, batch_size=o.batch_size, workers=o.workers, device=p.device,
                           persistent=False)  # every validation image once, in order, in this process
     ids = [plan.ids[j] for j in _full_indices(p.split.val, p.split.full)]
-    header, rows = p.task.oof(model, loader, p.split, ids, plan.fold, p.device, p.amp_dtype,
-                              run_root(o) / "oof_masks")
-    # An unreadable image was replaced by the next readable one (--bad-images skip): its row would hold that
-    # image's prediction under its own id, so it is left out.
+    # An unreadable image was replaced by the next readable one (--bad-images skip): its row (and mask) would hold
+    # that image's prediction under its own id, so it is left out.
     bad = {path for path, _ in read_report(p.run_dir / REPORT)}
-    kept = [row for j, row in enumerate(rows) if source_path(p.split.val, j) not in bad]
-    if len(kept) < len(rows):
-        log.warning("fold %d: %d unreadable images left out of %s", plan.fold, len(rows) - len(kept), OOF)
-    rows = kept
+    leave_out = {j for j in range(len(ids)) if source_path(p.split.val, j) in bad}
+    if leave_out:
+        log.warning("fold %d: %d unreadable images left out of %s", plan.fold, len(leave_out), OOF)
+    header, rows = p.task.oof(model, loader, p.split, ids, plan.fold, p.device, p.amp_dtype,
+                              run_root(o) / "oof_masks", leave_out)
     path = write_csv([header, *rows], p.run_dir / OOF)
     log.info("fold %d: out-of-fold predictions of %d images -> %s", plan.fold, len(rows), path)
+    if o.dry_run:
+        log.warning("--dry-run: %s holds only the dry run's %d validation images of fold %d, so the CV score is "
+                    "partial", OOF, len(rows), plan.fold)
     return Path(path)
 
 

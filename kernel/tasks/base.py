@@ -11,7 +11,7 @@ that raises NotImplementedError, and register it in ``kernel/tasks/__init__.py``
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import AbstractSet, Any, Callable, Dict, List, Sequence, Tuple
 
 from torch import nn
 
@@ -100,9 +100,10 @@ class Task:
         raise NotImplementedError
 
     def oof(self, model: nn.Module, loader: Any, split: Any, ids: List[str], fold: int, device: Any, amp_dtype: Any,
-            mask_dir: Any) -> Tuple[List[str], List[List[Any]]]:
+            mask_dir: Any, leave_out: AbstractSet[int] = frozenset()) -> Tuple[List[str], List[List[Any]]]:
         """(header, rows) of ``oof.csv`` for the validation images of ``loader`` (in ``split.val`` order, named
-        by ``ids``); ``mask_dir``: where predicted masks go, if the task has any."""
+        by ``ids``); ``mask_dir``: where predicted masks go, if the task has any. The images at the positions
+        ``leave_out`` (unreadable ones, replaced by another image) get no row and no mask."""
         raise NotImplementedError
 
     def cv_metric(self, header: List[str], rows: List[List[Any]], split: Any) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import AbstractSet, Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -127,8 +127,9 @@ class ClassifyTask(Task):
         return "sigmoid" if meta.get("multilabel") else "softmax"
 
     def oof(self, model: nn.Module, loader: Any, split: DataSplit, ids: List[str], fold: int,
-            device: torch.device, amp_dtype: Any, mask_dir: Any) -> Tuple[List[str], List[List[Any]]]:
-        return oof_table(model, loader, ids, fold, split.classes, split.multilabel, device, amp_dtype)
+            device: torch.device, amp_dtype: Any, mask_dir: Any,
+            leave_out: AbstractSet[int] = frozenset()) -> Tuple[List[str], List[List[Any]]]:
+        return oof_table(model, loader, ids, fold, split.classes, split.multilabel, device, amp_dtype, leave_out)
 
     def cv_metric(self, header: List[str], rows: List[List[Any]], split: DataSplit) -> float:
         return cv_accuracy(header, rows, split.multilabel)

@@ -7,7 +7,7 @@ class (``prob_<name>`` where a class name would clash with the fixed columns).
 """
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from typing import AbstractSet, Any, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,8 +31,10 @@ def _names(hot: Sequence[float], classes: Sequence[str]) -> str:
 
 @torch.no_grad()
 def oof_table(model: nn.Module, loader: Any, ids: Sequence[str], fold: int, classes: Sequence[str],
-              multilabel: bool, device: torch.device, amp_dtype: Any) -> Tuple[List[str], List[List[Any]]]:
-    """(header, rows) for the images of ``loader`` (in order; ``ids`` name them): see the module docstring."""
+              multilabel: bool, device: torch.device, amp_dtype: Any,
+              leave_out: AbstractSet[int] = frozenset()) -> Tuple[List[str], List[List[Any]]]:
+    """(header, rows) for the images of ``loader`` (in order; ``ids`` name them), but those at the positions
+    ``leave_out``: see the module docstring."""
     model.eval()
     probs, targets = [], []
     for images, target in loader:
@@ -44,6 +46,8 @@ def oof_table(model: nn.Module, loader: Any, ids: Sequence[str], fold: int, clas
     t = torch.cat(targets).numpy() if targets else np.zeros(0)
     rows = []
     for n, ident in enumerate(ids):
+        if n in leave_out:
+            continue
         if multilabel:
             label, pred = _names(t[n] > 0.5, classes), _names(p[n] > 0.5, classes)
         else:

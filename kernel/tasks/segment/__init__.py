@@ -11,7 +11,7 @@ masks at each image's size and Kaggle RLE submissions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import AbstractSet, Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -140,10 +140,12 @@ class SegmentTask(Task):
         return "softmax" if meta["mode"] == "multiclass" else "sigmoid"
 
     def oof(self, model: nn.Module, loader: Any, split: DataSplit, ids: List[str], fold: int,
-            device: torch.device, amp_dtype: Any, mask_dir: Any) -> Tuple[List[str], List[List[Any]]]:
-        guard = getattr(loader.dataset, "guard", None)  # the mask of the image the loader gave (a bad one replaced)
+            device: torch.device, amp_dtype: Any, mask_dir: Any,
+            leave_out: AbstractSet[int] = frozenset()) -> Tuple[List[str], List[List[Any]]]:
+        guard = getattr(loader.dataset, "guard", None)  # reads masks as the loader read the images
         return oof_table(model, loader, lambda j: (guard.read(split.val, j) if guard else split.val[j])[2],
-                         self.target(split), ids, fold, split.classes, split.meta, device, amp_dtype, Path(mask_dir))
+                         self.target(split), ids, fold, split.classes, split.meta, device, amp_dtype, Path(mask_dir),
+                         leave_out)
 
     def cv_metric(self, header: List[str], rows: List[List[Any]], split: DataSplit) -> float:
         return cv_miou(header, rows, split.meta, split.classes)

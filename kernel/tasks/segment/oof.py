@@ -10,7 +10,7 @@ is the whole OOF set's mIoU, computed exactly as ``val_miou`` is. Masks go to ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import AbstractSet, Any, Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -51,8 +51,9 @@ def _pred_tensor(masks: np.ndarray, mode: str) -> torch.Tensor:
 @torch.no_grad()
 def oof_table(model: nn.Module, loader: Any, raw_mask: Callable[[int], np.ndarray], target: Callable, ids: Sequence[str],
               fold: int, classes: Sequence[str], meta: dict, device: torch.device, amp_dtype: Any,
-              mask_dir: Path) -> Tuple[List[str], List[List[Any]]]:
-    """(header, rows) for the images of ``loader`` (in order): see the module docstring.
+              mask_dir: Path, leave_out: AbstractSet[int] = frozenset()) -> Tuple[List[str], List[List[Any]]]:
+    """(header, rows) for the images of ``loader`` (in order), but those at the positions ``leave_out`` (no row,
+    no mask file): see the module docstring.
 
     ``raw_mask(j)``: the j-th image's mask at its own size, as the source stores it; ``target``: the
     task's mask -> target conversion (multilabel bits -> (C, H, W)).
@@ -65,6 +66,9 @@ def oof_table(model: nn.Module, loader: Any, raw_mask: Callable[[int], np.ndarra
         with autocast(device, amp_dtype):
             logits = model(images.to(device, non_blocking=device.type == "cuda")).float()
         for k in range(logits.shape[0]):
+            if j in leave_out:
+                j += 1
+                continue
             mask = raw_mask(j)
             lg = F.interpolate(logits[k:k + 1], size=mask.shape[:2], mode="bilinear", align_corners=False)[0].cpu()
             masks = logits_to_masks(lg, mode, meta["threshold"])
