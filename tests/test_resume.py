@@ -16,7 +16,10 @@ from typing import Tuple
 import pytest
 import torch
 
+from kernel.config import parse_options
 from kernel.data import write_shapes
+from kernel.run import effective_options
+from kernel.run.checkpoints import resume_path
 from kernel.tasks.segment.shapes import write_shapes_seg
 
 from conftest import go_on, paused_at, subprocess_env
@@ -76,24 +79,30 @@ def _out_of_time_inside_epoch_2(cmd: list, **env: str) -> Tuple[subprocess.Compl
     return subprocess.CompletedProcess(cmd, proc.wait(timeout=600), None, "".join(seen)), jumped
 
 
+# The kinds of moment at which _kill_at_random_moments kills its runs, in turn.
+MOMENTS = ("right after a save", "between epochs", "a while after a save")
+
+
 def _kill_at_random_moments(cmds: list, seed: int) -> list:
-    """Run each of ``cmds`` (resuming, saving every few updates) in turn, each SIGKILLed at a seeded random moment:
-    right after its 1st, 2nd or 3rd save (inside an epoch or at its end), or, every other run, a random delay after
-    that save, wherever the run has got to by then. Returns where each kill left ``last.pt``: (epoch, batch)."""
+    """Run each of ``cmds`` (resuming, saving every few updates) in turn, each SIGKILLed at a seeded random
+    moment of the next kind in ``MOMENTS``: while paused right after its 1st, 2nd or 3rd save (inside an epoch or
+    at its end); while paused after its first epoch's end; or a random delay after its 1st to 3rd save, wherever
+    the run has got to by then. Returns where each kill left ``last.pt``: (epoch, batch)."""
     rng, where = random.Random(seed), []
     for i, cmd in enumerate(cmds):
+        moment, wanted, delay = MOMENTS[i % len(MOMENTS)], rng.randint(1, 3), rng.uniform(0.0, 0.4)
         proc = subprocess.Popen([*cmd, *SAVE_OFTEN], env=HOOKED, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)
-        saves, wanted, delay = 0, rng.randint(1, 3), rng.uniform(0.0, 0.4) if i % 2 else None
+        saves = 0
         for line in proc.stderr:
             at = paused_at(line)
             if at is None:
                 continue
             saves += 1
-            if saves == wanted and delay is None:
-                break  # killed while paused right after the save
+            if moment == "right after a save" and saves == wanted or moment == "between epochs" and at[2] == 0:
+                break  # killed while paused
             go_on(at[0])
-            if saves == wanted:
+            if moment == "a while after a save" and saves == wanted:
                 time.sleep(delay)  # killed in the middle of whatever came next (or paused at the next save)
                 break
         proc.send_signal(signal.SIGKILL)
@@ -112,7 +121,9 @@ def test_five_kills_anywhere_end_bit_identical(data, uninterrupted, tmp_path):
         return _cmd(data, tmp_path, "cut", workers, 3, "--resume", "auto")
 
     where = _kill_at_random_moments([cmd(w) for w in ("2", "0", "2", "0", "2")], seed=0)
-    assert any(batch > 0 for _, batch in where[::2]), where  # some kills right after a save inside an epoch
+    moments = [MOMENTS[i % len(MOMENTS)] for i in range(5)]
+    assert all(batch == 0 for (_, batch), m in zip(where, moments) if m == "between epochs"), where
+    assert any(batch > 0 for (_, batch), m in zip(where, moments) if m == "right after a save"), where
     done = subprocess.run(cmd("2"), env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stderr
@@ -215,10 +226,11 @@ def kaggle_version_1(data, uninterrupted, tmp_path_factory) -> Path:
     return root / "working" / "run"
 
 
-@pytest.mark.parametrize("layout", ["new", "old"])
-def test_chained_kaggle_versions_resume_and_cover_every_epoch(data, kaggle_version_1, tmp_path, layout):
+def test_chained_kaggle_versions_resume_and_cover_every_epoch(data, kaggle_version_1, tmp_path):
+    """Version 2 mounts version 1's output (the new layout, notebooks/<owner>/<slug>; the old one is found the same
+    way: the next test), resumes from its last.pt and writes every epoch's outputs; version 3 has nothing to do."""
     inputs, working = tmp_path / "input", tmp_path / "working"
-    mount = inputs / "notebooks" / "alice" / "kernel-train" if layout == "new" else inputs / "kernel-train"
+    mount = inputs / "notebooks" / "alice" / "kernel-train"
     shutil.copytree(kaggle_version_1, mount / "run")  # the previous version's output, mounted read-only
     env = dict(ENV, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(inputs), KERNEL_KAGGLE_WORKING=str(working))
     cmd = _cmd(data, tmp_path, "run", "0", 4, "--resume", "auto")
@@ -230,6 +242,21 @@ def test_chained_kaggle_versions_resume_and_cover_every_epoch(data, kaggle_versi
     rows = list(csv.DictReader(open(working / "run" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]  # version 1's epochs too
     assert (working / "run" / "best.pt").is_file() and (working / "run" / "curves.png").is_file()
-    if layout == "new":  # a third version finds the training complete: it does not train again
-        again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert again.returncode == 0 and "training already complete" in again.stderr
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # a third version
+    assert again.returncode == 0 and "training already complete" in again.stderr
+
+
+@pytest.mark.parametrize("mount", ["notebooks/alice/kernel-train", "kernel-train"])  # the new layout, the old one
+def test_resume_auto_finds_the_previous_versions_last_pt_in_either_layout(tmp_path, monkeypatch, mount):
+    inputs, working = tmp_path / "input", tmp_path / "working"
+    (inputs / mount / "run").mkdir(parents=True)
+    (inputs / mount / "run" / "last.pt").write_bytes(b"version 1")
+    (inputs / "datasets" / "alice" / "shapes" / "run").mkdir(parents=True)  # another mount, without a last.pt
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.setenv("KERNEL_KAGGLE_INPUT", str(inputs))
+    monkeypatch.setenv("KERNEL_KAGGLE_WORKING", str(working))
+    opts = effective_options(parse_options(["--resume", "auto", "--name", "run"]))
+    assert resume_path(opts, working / "run") == inputs / mount / "run" / "last.pt"
+    (working / "run").mkdir(parents=True)
+    (working / "run" / "last.pt").write_bytes(b"this version's")  # this version's own last.pt comes first
+    assert resume_path(opts, working / "run") == working / "run" / "last.pt"
