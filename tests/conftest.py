@@ -32,7 +32,8 @@ def subprocess_env(threads: int = 2, hooks: Sequence[str] = (), **extra: str) ->
     """The environment of a ``python -m kernel...`` child: this checkout importable, ``threads`` OpenMP threads
     each, and none of the runner's Kaggle, Colab or kernel variables (a test sets those it simulates).
 
-    ``hooks`` (``"ticks"``, ``"jump"``, ``"pause"``) turns on the test hooks of ``tests/hooks/sitecustomize.py``."""
+    ``hooks`` (``"ticks"``, ``"jump"``, ``"pause"``, ``"selftest"``) turns on those test hooks of
+    ``tests/hooks/sitecustomize.py``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "COLAB_", "KERNEL_"))}
     path = [str(ROOT)] + ([str(ROOT / "tests" / "hooks")] if hooks else [])
     env.update(PYTHONPATH=os.pathsep.join(path), OMP_NUM_THREADS=str(threads), **extra)

@@ -100,10 +100,9 @@ def test_two_processes_killed_then_stopped_by_sigterm_resume_exactly(data, two_p
     cmd = _cmd(data, tmp_path, "cut", "--devices", "2", "--batch-size", "8", *SAME_MATHS, "--resume", "auto")
     proc = subprocess.Popen(cmd, env=HOOKED, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    for pids, epoch, batch in _paused_together(proc):
-        assert (epoch, batch) == (1, 0)  # epoch 1 saved, every process paused: kill them all
-        os.killpg(proc.pid, signal.SIGKILL)
-        break
+    _, epoch, batch = next(_paused_together(proc))
+    assert (epoch, batch) == (1, 0)  # epoch 1 saved, every process paused: kill them all
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["position"]["epoch"] == 1
     # resumed, saving every few updates (the ticking clock): paused after a save inside epoch 2, after batch b,

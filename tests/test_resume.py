@@ -61,22 +61,29 @@ HOOKED = subprocess_env(hooks=("ticks", "pause"))
 SAVE_OFTEN = ("--save-every", "3")
 
 
-def _out_of_time_inside_epoch_2(cmd: list, **env: str) -> Tuple[subprocess.CompletedProcess, int]:
-    """Run ``cmd`` (saving every few updates); paused after its first save inside epoch 2, after batch ``b``, its
-    clock jumps 12 hours ahead, as if the rest of a Kaggle session had passed in one step. What follows is the real
-    stop (remaining < needed) after the next update. Returns the finished run and ``b``."""
-    proc = subprocess.Popen([*cmd, *SAVE_OFTEN], env=subprocess_env(hooks=("ticks", "jump", "pause"), **env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen, jumped = [], 0
+def _signal_inside_epoch_2(cmd: list, signum: int, hooks: Tuple[str, ...] = ("ticks", "pause"),
+                           **env: str) -> Tuple[subprocess.CompletedProcess, int]:
+    """Run ``cmd`` (saving every few updates); paused after its first save inside epoch 2, after batch ``b``, it is
+    sent ``signum`` (pending until it goes on). Returns the finished run (its stderr) and ``b``."""
+    proc = subprocess.Popen([*cmd, *SAVE_OFTEN], env=subprocess_env(hooks=hooks, **env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    seen, signalled = [], 0
     for line in proc.stderr:
         seen.append(line)
         at = paused_at(line)
         if at is not None:
-            if at[1] == 2 and at[2] > 0 and not jumped:
-                proc.send_signal(signal.SIGUSR1)  # pending until the process goes on
-                jumped = at[2]
+            if at[1] == 2 and at[2] > 0 and not signalled:
+                proc.send_signal(signum)
+                signalled = at[2]
             go_on(at[0])
-    return subprocess.CompletedProcess(cmd, proc.wait(timeout=600), None, "".join(seen)), jumped
+    return subprocess.CompletedProcess(cmd, proc.wait(timeout=600), None, "".join(seen)), signalled
+
+
+def _out_of_time_inside_epoch_2(cmd: list, **env: str) -> Tuple[subprocess.CompletedProcess, int]:
+    """``cmd``'s clock jumps 12 hours ahead inside epoch 2, after batch ``b`` (SIGUSR1 and the jump hook), as if
+    the rest of a Kaggle session had passed in one step. What follows is the real stop (remaining < needed) after
+    the next update. Returns the finished run and ``b``."""
+    return _signal_inside_epoch_2(cmd, signal.SIGUSR1, ("ticks", "jump", "pause"), **env)
 
 
 # The kinds of moment at which _kill_at_random_moments kills its runs, in turn.
@@ -189,20 +196,10 @@ def test_time_limit_stops_cleanly_and_the_resumed_run_is_exact(data, uninterrupt
 def test_sigterm_saves_within_a_step_and_exits_143(data, uninterrupted, tmp_path):
     """SIGTERM inside epoch 2 (sent while the run is paused after a save there, after batch b): the run finishes
     the next step, saves last.pt after batch b + 1 and exits 143; resumed, it ends bit-identical."""
-    proc = subprocess.Popen([*_cmd(data, tmp_path, "term"), *SAVE_OFTEN], env=HOOKED, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    seen, signalled = [], 0
-    for line in proc.stderr:
-        seen.append(line)
-        at = paused_at(line)
-        if at is not None:
-            if at[1] == 2 and at[2] > 0 and not signalled:
-                proc.send_signal(signal.SIGTERM)  # pending until the process goes on
-                signalled = at[2]
-            go_on(at[0])
-    rest = "".join(seen)
-    assert proc.wait(timeout=120) == 143 and signalled, rest[-2000:]
-    assert "SIGTERM received" in rest and f"saved last.pt inside epoch 2 after batch {signalled + 1}" in rest
+    stop, signalled = _signal_inside_epoch_2(_cmd(data, tmp_path, "term"), signal.SIGTERM)
+    assert stop.returncode == 143 and signalled, stop.stderr[-2000:]
+    assert "SIGTERM received" in stop.stderr
+    assert f"saved last.pt inside epoch 2 after batch {signalled + 1}" in stop.stderr
     position = torch.load(tmp_path / "term" / "last.pt", weights_only=True)["position"]
     assert (position["epoch"], position["batch"]) == (2, signalled + 1)
     resumed = subprocess.run(_cmd(data, tmp_path, "term", "0", 3, "--resume", "auto"), env=ENV, capture_output=True,

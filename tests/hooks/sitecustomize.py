@@ -31,11 +31,11 @@ def _install() -> None:
         "run.budget", "run.fit", "engine.distributed"))
 
     if _on("TICKS") or _on("JUMP"):
-        ticks, ahead = [time.time()], [0.0]
+        ticking, ticks, ahead = _on("TICKS"), [time.time()], [0.0]
 
         def clock() -> float:
             ticks[0] += 1.0
-            return (ticks[0] if _on("TICKS") else time.time()) + ahead[0]
+            return (ticks[0] if ticking else time.time()) + ahead[0]
 
         budget.time = types.SimpleNamespace(time=clock)
         if _on("JUMP"):
