@@ -33,8 +33,8 @@ from .options import Options
 from .paths import remove_leftovers
 from .registry import ConfigError
 from .report import EpochReporter, attach_log_file, close_logging, read_json, setup_logging
-from .run import (ONE_SHOTS, dry_run_reductions, effective_options, finish, fit, input_shape, prepare, requested,
-                  resume_state, seed_everything)
+from .run import (ONE_SHOTS, as_asked, dry_run_reductions, effective_options, finish, fit, input_shape, prepare,
+                  requested, resume_state, seed_everything)
 from .run.budget import StopControl, StopSignals, process_start, resolve_durations
 from .run.checkpoints import carry_over, repair_best
 from .run.folder import resolve_run_folder
@@ -86,7 +86,7 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
                 clear_other_folds(run_root(opts), p.split.folds)
         carry_over(p, state)
         repair_best(p, state)
-        save_config(asked, p.run_dir / "config.yaml")  # what was asked: passed back, it asks for this run again
+        save_config(as_asked(asked, opts), p.run_dir / "config.yaml")  # passed back, it asks for this run again
         write_classes_json(p.split.classes, p.run_dir / "classes.json")
     reporter = EpochReporter(p.run_dir, task=p.task, split=p.split, dcfg=p.dcfg, monitor=opts.monitor,
                              val_dataset=p.val_loader.dataset, tensorboard=opts.tensorboard and world().main,

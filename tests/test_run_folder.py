@@ -15,6 +15,7 @@ import yaml
 
 from kernel.config import options_to_dict, parse_options
 from kernel.data import write_shapes
+from kernel.run import effective_options
 from kernel.train import main
 
 from conftest import ROOT, small_args, subprocess_env
@@ -142,8 +143,8 @@ def test_config_yaml_records_what_was_asked_and_the_dry_run_is_logged_once(tmp_p
     run = tmp_path / "runs" / "exp"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["batch_size"] == 16 and saved["dry_run"] is True and saved["epochs"] == 1
-    asked = options_to_dict(parse_options(args + ["--config", str(cfg)]))
-    back = options_to_dict(parse_options(["--config", str(run / "config.yaml")]))
+    asked = options_to_dict(effective_options(parse_options(args + ["--config", str(cfg)])))
+    back = options_to_dict(effective_options(parse_options(["--config", str(run / "config.yaml")])))
     assert {k: v for k, v in back.items() if k != "config"} == {k: v for k, v in asked.items() if k != "config"}
     log = (run / "train.log").read_text()
     assert log.count("--dry-run: epochs 1 -> 1, batch size 16 -> 8") == 1

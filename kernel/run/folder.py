@@ -70,12 +70,12 @@ def choose_name(opts: Options) -> Tuple[str, Optional[str]]:
     """(the name this run writes under, a sentence saying why it is not ``--name``, or None).
 
     ``--resume auto``: the family's highest-numbered run it can continue; none there (a fresh start, or on
-    Kaggle the previous version's output under the inputs): as without ``--resume``. ``--resume PATH`` and
-    ``--overwrite``: ``--name``. Otherwise the family's highest-numbered folder when it holds no run (a
-    folder that ``--show-aug`` or a failed start left), else the next number.
+    Kaggle the previous version's output under the inputs): as without ``--resume``. ``--resume PATH``, and
+    ``--overwrite`` without a run to resume: ``--name``. Otherwise the family's highest-numbered folder when it
+    holds no run (a folder that ``--show-aug`` or a failed start left), else the next number.
     """
     root = run_root(opts)
-    if opts.overwrite or opts.resume not in ("", "auto"):
+    if opts.resume not in ("", "auto"):
         return opts.name, None
     members = family(root)
     if opts.resume == "auto":
@@ -83,6 +83,8 @@ def choose_name(opts: Options) -> Tuple[str, Optional[str]]:
             if _resumable(folder, opts):
                 return folder.name, (None if n == 1 else f"--resume auto: continuing {folder}, the newest run "
                                                          f"named {opts.name}[-N]")
+    if opts.overwrite:
+        return opts.name, None
     top = members[-1][0] if members else 1
     if not holds_run(_member(root, top), opts):
         return _member(root, top).name, None if top == 1 else (
