@@ -76,7 +76,10 @@ class Options:
     config: str = _opt("", "YAML/JSON file of option values (flags override it)", metavar="FILE")
     name: str = _opt("exp", "run name: outputs go to OUTPUT/NAME")
     output: str = _opt("", "output root (default: /kaggle/working on Kaggle, ./runs elsewhere)")
-    resume: str = _opt("", "checkpoint to continue from: PATH to last.pt, or 'auto' for this run's newest")
+    resume: str = _opt("", "checkpoint to continue from: PATH to last.pt, or 'auto' for this run's newest (the "
+                           "highest-numbered NAME, NAME-2, ... folder with a last.pt)")
+    overwrite: bool = _opt(False, "write into OUTPUT/NAME even when it holds another run (its files are replaced); "
+                                  "without it a new run takes the next free name, NAME-2, NAME-3, ...")
     seed: int = _opt(42, "random seed for data split, shuffling, augmentation and init")
     device: str = _opt("auto", "compute device ('--cuda' is the same as '--device cuda')", choices=DEVICES)
     devices: str = _opt("auto", "processes, one per device: auto (every visible GPU; 1 on CPU) or a number N")

@@ -33,10 +33,11 @@ from .options import Options
 from .paths import remove_leftovers
 from .registry import ConfigError
 from .report import EpochReporter, attach_log_file, close_logging, read_json, setup_logging
-from .run import (ONE_SHOTS, effective_options, finish, fit, input_shape, prepare, requested, resume_state,
-                  seed_everything)
+from .run import (ONE_SHOTS, as_asked, dry_run_reductions, effective_options, finish, fit, input_shape, prepare,
+                  requested, resume_state, seed_everything)
 from .run.budget import StopControl, StopSignals, process_start, resolve_durations
 from .run.checkpoints import carry_over, repair_best
+from .run.folder import resolve_run_folder
 from .run.folds import OOF, carry_over_root, clear_other_folds, fold_number, run_root, train_folds, write_plan
 from .run.oof import finish_cv, write_fold_oof
 from .run.launch import devices_wanted, in_torchrun, launch
@@ -47,7 +48,12 @@ log = logging.getLogger("kernel")
 
 
 def train(opts: Options) -> Dict[str, Any]:
-    """One run, or with ``--folds K --fold all`` every fold in turn; returns the (CV) summary."""
+    """One run, or with ``--folds K --fold all`` every fold in turn; returns the (CV) summary.
+
+    It never writes into a folder that holds another run unless ``--resume`` or ``--overwrite`` says so: a
+    fresh run takes the next free name (:func:`kernel.run.folder.resolve_run_folder`).
+    """
+    opts = resolve_run_folder(opts)
     if opts.folds:
         carry_over_root(opts)  # rank 0 copies; the others wait for a whole folder to plan from
         barrier()
@@ -64,7 +70,9 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
     ``start_over``: the first fold of a fresh ``--fold all`` (a new split; the other folds cleared).
     """
     start = time.time()
-    opts = effective_options(opts)
+    asked, opts = opts, effective_options(opts)
+    if opts.dry_run:
+        log.info("%s", dry_run_reductions(asked))
     durations = resolve_durations(opts.time_limit, opts.save_every)  # a typo fails before anything is written
     p = prepare(opts, new_folds=start_over)
     state = resume_state(p)
@@ -78,7 +86,7 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
                 clear_other_folds(run_root(opts), p.split.folds)
         carry_over(p, state)
         repair_best(p, state)
-        save_config(opts, p.run_dir / "config.yaml")
+        save_config(as_asked(asked, opts), p.run_dir / "config.yaml")  # passed back, it asks for this run again
         write_classes_json(p.split.classes, p.run_dir / "classes.json")
     reporter = EpochReporter(p.run_dir, task=p.task, split=p.split, dcfg=p.dcfg, monitor=opts.monitor,
                              val_dataset=p.val_loader.dataset, tensorboard=opts.tensorboard and world().main,

@@ -9,6 +9,7 @@ run folder (found under the inputs) is carried over into this version's, history
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,37 @@ def resume_path(opts: Any, run_dir: Path) -> Optional[Path]:
     return Path(resolve_path(opts.resume, "resume"))
 
 
+# What a resume must share with the run that wrote the checkpoint: the options that shape the data (which images,
+# how many, the split, the sample order and its batches) and the model. Any other option is this command's: the
+# length (--epochs, --time-limit, --save-every, --early-stop), where and how it runs (--device, --devices,
+# --workers, --amp), logging and pictures, the predict: section (the optimizer's and the schedule's state come
+# from the checkpoint).
+RESUME_MUST_MATCH = ("task", "dry_run", "data", "val_data", "val_split", "csv", "image_dir", "image_col",
+                     "label_col", "rle_col", "class_col", "rle_order", "seg_mode", "ignore_index", "folds", "group_col",
+                     "seed", "batch_size", "accum_steps", "model", "arch", "img_size", "in_chans")
+
+
+def _norm(key: str, value: Any) -> Any:
+    """A value as compared on resume: paths as written but normalised (``data/`` is ``./data``)."""
+    if key in ("data", "val_data") and isinstance(value, str) and value not in ("", "shapes"):
+        return os.path.normpath(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _option_differences(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    """``--flag saved (this run: now)`` for each option of :data:`RESUME_MUST_MATCH` that differs (options the
+    checkpoint does not record, from an older bundle, are not compared)."""
+    def show(key: str, value: Any) -> str:
+        flag = "--" + key.replace("_", "-")
+        return (flag if value else f"no {flag}") if isinstance(value, bool) else f"{flag} {value!r}"
+
+    out = {key: f"{show(key, saved[key])} (this run: {show(key, now.get(key))})" for key in RESUME_MUST_MATCH
+           if key in saved and _norm(key, saved[key]) != _norm(key, now.get(key))}
+    if "dry_run" in out:  # its smaller batches follow from it: name the cause only
+        out.pop("batch_size", None)
+    return list(out.values())
+
+
 def _trained_as(task: str, options: Dict[str, Any], classes: List[str]) -> str:
     """How a run describes itself in a resume error: ``resnet18 on 3 classes`` (+ the task when not classify)."""
     what = f"{options.get('model')} on {len(classes)} classes"
@@ -80,6 +112,10 @@ def resume_state(p: Prepared) -> FitState:
     if was != now or ckpt["classes"] != p.split.classes:
         raise ConfigError(f"--resume: {str(path)!r} was trained as {was}; this run is {now}. Resume with the same "
                           "--model and data, or start a new run with another --name")
+    differences = _option_differences(ckpt["options"], options_to_dict(p.opts))
+    if differences:  # e.g. the demo's --dry-run checkpoint continued as a full run: 24 images become 640
+        raise ConfigError(f"--resume: {str(path)!r} was written with {', '.join(differences)}; resume with the "
+                          "options it was trained with (its config.yaml), or drop --resume to start a new run")
     try:
         p.model.load_state_dict(ckpt["model"])
         p.optimizer.load_state_dict(ckpt["optimizer"])

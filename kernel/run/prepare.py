@@ -35,9 +35,9 @@ from ..schedule import LRSchedule, create_scheduler
 from ..tasks import Task, detect_task, get_task, monitor_mode
 from .folds import fold_number, plan_folds, run_root, split_for_fold
 
-__all__ = ["DRY_RUN", "Prepared", "hw", "backbone_frozen", "effective_options", "seed_everything", "run_dir_of",
-           "read_guard", "prepare_data", "prepare_model", "prepare_loaders", "prepare_optimization", "prepare_mixing",
-           "prepare"]
+__all__ = ["DRY_RUN", "Prepared", "hw", "backbone_frozen", "effective_options", "as_asked", "dry_run_reductions",
+           "seed_everything", "run_dir_of", "read_guard", "prepare_data", "prepare_model", "prepare_loaders",
+           "prepare_optimization", "prepare_mixing", "prepare"]
 
 log = logging.getLogger("kernel")
 DRY_RUN = dict(train_batches=3, val_batches=2, epochs=2, batch_size=8)  # what --dry-run shrinks the run to
@@ -83,7 +83,8 @@ def backbone_frozen(opts: Options, epoch: int) -> bool:
 def effective_options(opts: Options) -> Options:
     """A copy of ``opts`` as the run uses them: dry-run limits applied, ``auto`` task, monitor and workers resolved.
 
-    The caller's object is never changed; the copy is what ``config.yaml`` and checkpoints record.
+    The caller's object is never changed; the copy is what checkpoints record (``config.yaml`` records it
+    without the dry run's reductions, see :func:`as_asked`).
     """
     changes: Dict[str, Any] = {}
     if opts.task == "auto":
@@ -104,6 +105,20 @@ def effective_options(opts: Options) -> Options:
                           f"{', '.join(task.monitors)} (or auto)")
     changes["monitor"] = monitor
     return dataclasses.replace(opts, **changes)
+
+
+def as_asked(asked: Options, effective: Options) -> Options:
+    """``effective`` with the dry run's reductions undone: what ``config.yaml`` records, so that passed back with
+    ``--config`` it asks for the same run (``auto`` values resolved from the data stay resolved)."""
+    return dataclasses.replace(effective, **{key: getattr(asked, key) for key in ("epochs", "batch_size")})
+
+
+def dry_run_reductions(asked: Options) -> str:
+    """What ``--dry-run`` shrinks the run to, in words, for the log (``config.yaml`` keeps ``asked``)."""
+    return (f"--dry-run: epochs {asked.epochs} -> {min(asked.epochs, DRY_RUN['epochs'])}, batch size "
+            f"{asked.batch_size} -> {min(asked.batch_size, DRY_RUN['batch_size'])}, {DRY_RUN['train_batches']} "
+            f"training and {DRY_RUN['val_batches']} validation batches of images; config.yaml keeps the options "
+            "as given")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
