@@ -74,3 +74,37 @@ def test_checkpoint_schema_round_trip_and_refusals(tmp_path):
     save_checkpoint({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ConfigError, match="not a kernel.train checkpoint"):
         read_checkpoint(tmp_path / "other.pt")
+
+
+def _tensor_bytes(x) -> int:
+    if torch.is_tensor(x):
+        return x.numel() * x.element_size()
+    if isinstance(x, dict):
+        return sum(_tensor_bytes(v) for v in x.values())
+    return 0
+
+
+def test_best_pt_holds_what_prediction_needs_not_the_training_state(tmp_path, capsys):
+    """best.pt: weights, EMA, classes, options and metrics, no optimizer moments (issue 20, item 10); last.pt
+    keeps everything a resume needs, and a resume from best.pt is refused in one line."""
+    from safetensors.torch import load_file
+
+    from conftest import small_args
+    from kernel.train import main
+
+    args = small_args(tmp_path, "--dry-run", "--ema", "0.9", "--name", "e", "--no-tensorboard", "--no-plots")
+    assert main(args) == 0
+    run = tmp_path / "e"
+    best, last = read_checkpoint(run / "best.pt"), read_checkpoint(run / "last.pt")
+    assert all(best[k] is None for k in ("optimizer", "schedule", "scaler", "rng", "rng_ranks"))
+    assert last["optimizer"] is not None and last["rng"] is not None
+    assert best["classes"] == last["classes"] and best["options"] == last["options"]
+    assert best["epoch"] == best["best_epoch"] == last["best_epoch"] and best["history"] == last["history"][:best["epoch"]]
+    weights = _tensor_bytes(best["model"]) + _tensor_bytes(best["ema"])
+    assert (run / "best.pt").stat().st_size < weights + 2**20 < (run / "last.pt").stat().st_size
+    exported = load_file(run / "model.safetensors")  # prediction uses the EMA weights, as before
+    assert all(torch.equal(exported[k], v) for k, v in load_trained(run / "best.pt")["model"].items())
+    capsys.readouterr()
+    assert main(args + ["--resume", str(run / "best.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "holds the weights only" in err and "last.pt" in err, err

@@ -110,3 +110,78 @@ def test_data_config_from_pretrained_cfg():
     assert cfg["interpolation"] == timm_cfg["interpolation"]
     assert cfg["mean"] == (pytest.approx(sum(timm_cfg["mean"]) / 3),)
     assert resolve_data_config(create_model("tv:resnet18", 4), 96)["img_size"] == 96
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "tv:resnet18"])
+def test_pretrained_file_logs_what_was_loaded_skipped_and_missing(tmp_path, caplog, name):
+    """Issue 20, item 12: a classifier's --pretrained FILE says how many tensors it loaded and which it did not."""
+    import logging
+
+    donor, path = _write_weights(tmp_path, name, "ours")
+    with caplog.at_level(logging.INFO, logger="kernel"):
+        model = create_model(name, num_classes=5, in_chans=1, pretrained=str(path))
+    own = model.state_dict()
+    head = [k for k in own if k.startswith("fc.")]
+    first = "conv1.0.weight" if name == "resnet10t" else "conv1.weight"
+    line = next(m for m in caplog.messages if m.startswith("pretrained:"))
+    # Everything but the new 5-class head and the 1-channel first convolution comes from the file.
+    assert line.startswith(f"pretrained: {len(own) - len(head) - 1} of {len(own)} tensors loaded from {path}"), line
+    assert all(k in line for k in head + [first]) and line.endswith("not in the file: none"), line
+
+
+def _suggested_pattern(message: str) -> str:
+    import re
+
+    found = re.search(r"--list-models '([^']+)'", message)
+    assert found, message
+    return found.group(1)
+
+
+def _listed(capsys, *argv: str) -> list:
+    from kernel.train import main
+
+    capsys.readouterr()
+    assert main(["--list-models", *argv]) == 0
+    return capsys.readouterr().out.split()
+
+
+@pytest.mark.parametrize("name, match", [("tv:resnet19", "tv:resnet18"), ("resnt18", "resnet18"),
+                                         ("tv:mobilenet_v3_smal", "tv:mobilenet_v3_small")])
+def test_unknown_model_suggests_a_pattern_that_lists_its_match(capsys, name, match):
+    """Issue 20, item 14: the suggested --list-models pattern lists the close match."""
+    with pytest.raises(ConfigError) as e:
+        create_model(name, 3)
+    assert f"did you mean {match!r}" in str(e.value)
+    assert match in _listed(capsys, _suggested_pattern(str(e.value)))
+
+
+def test_list_models_lists_what_trains_and_the_others_are_refused_by_kind(capsys):
+    """Issue 20, item 14: 'tv:*' lists torchvision classifiers only; a detection or video model is refused
+    with the kinds that train, a segmentation one points to --task segment."""
+    listed = _listed(capsys, "tv:*")
+    assert "tv:resnet18" in listed and "tv:vit_b_16" in listed
+    assert not {"tv:fasterrcnn_resnet50_fpn", "tv:r3d_18", "tv:raft_small", "tv:deeplabv3_resnet50",
+                "tv:quantized_resnet18"} & set(listed)
+    for name, kind in [("tv:fasterrcnn_resnet50_fpn", "detection"), ("tv:r3d_18", "video"),
+                       ("tv:raft_small", "optical flow")]:
+        with pytest.raises(ConfigError, match=f"is a torchvision {kind} model; --task classify trains torchvision "
+                                              "classification models"):
+            create_model(name, 3)
+    with pytest.raises(ConfigError, match="it belongs to --task segment"):
+        create_model("tv:deeplabv3_resnet50", 3)
+    segment = _listed(capsys, "tv:*", "--task", "segment")
+    assert "tv:deeplabv3_resnet50" in segment and "tv:resnet18" not in segment
+
+
+@pytest.mark.parametrize("name, host", [("tv:resnet18", "download.pytorch.org"), ("resnet18", "huggingface.co")])
+def test_offline_hub_fails_at_once_with_the_fix(tmp_path, monkeypatch, name, host):
+    """Issue 20, item 17: --pretrained hub asks the injected probe first and stops in one line when the host
+    cannot be reached, before any download is tried."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no torchvision weights cached
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    asked = []
+    with pytest.raises(ConfigError) as e:
+        create_model(name, 3, pretrained="hub", reachable=lambda h: asked.append(h) or False)
+    assert asked == [host]
+    message = str(e.value)
+    assert "\n" not in message and "no network" in message and "--pretrained PATH" in message, message

@@ -233,3 +233,23 @@ def test_encoder_names():
     assert "resnet18" in names and "tu-resnet18" in names and "resnet50" not in names
     assert list_encoders("tu-convnext_atto*") == ["tu-" + n for n in timm.list_models("convnext_atto*")]
     assert set(smp.encoders.get_encoder_names()) <= set(list_encoders())
+
+
+@pytest.mark.parametrize("encoder, match, listed", [("resnt18", "resnet18", "resnet18"),
+                                                   ("tu-convnext_atto_x", "tu-convnext_atto", "tu-convnext_atto"),
+                                                   ("convnext_attoo", "convnext_atto", "tu-convnext_atto")])
+def test_unknown_encoder_suggests_a_pattern_that_lists_its_match(capsys, encoder, match, listed):
+    """Issue 20, item 14: the suggested --task segment --list-models pattern lists the close match (a bare
+    timm name as its ``tu-`` encoder)."""
+    import re
+
+    from kernel.train import main
+
+    with pytest.raises(ConfigError) as e:
+        resolve_encoder(encoder)
+    message = str(e.value)
+    assert f"did you mean {match!r}" in message
+    pattern = re.search(r"--task segment --list-models '([^']+)'", message).group(1)
+    capsys.readouterr()
+    assert main(["--task", "segment", "--list-models", pattern]) == 0
+    assert listed in capsys.readouterr().out.split()

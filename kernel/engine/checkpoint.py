@@ -17,6 +17,11 @@ folder, then moved with ``os.replace``, so a run killed mid-write never leaves a
                              done (0: at its start), "partial": each process's sums so far}; processes
     ema                      the moving average of the weights (``--ema``; None without): what prediction uses
 
+``last.pt`` holds all of it. ``best.pt`` (:func:`prediction_checkpoint`) holds what prediction, fold ensembles,
+out-of-fold predictions and ``--pretrained`` read: the same keys with the training state (``TRAINING_STATE``:
+optimizer moments, schedule, scaler, RNG states) set to None, so it is the size of the weights (twice that with
+``--ema``), not three times (AdamW keeps two moments per weight); it cannot be resumed from.
+
 Formats 1 (kernel 0.1.0: no ``format``/``task``, ``multilabel`` at the top) and 2 (no ``position``) are
 read as format 3, positioned at the end of their last epoch.
 """
@@ -36,11 +41,12 @@ from .. import __version__
 from ..paths import atomic_write, load_tensors
 from ..registry import ConfigError
 
-__all__ = ["FORMAT", "unwrap_model", "make_checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+__all__ = ["FORMAT", "TRAINING_STATE", "unwrap_model", "make_checkpoint", "prediction_checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint",
            "load_trained", "rng_state", "set_rng_state", "export_safetensors", "write_classes_json"]
 
 FORMAT = 3
 _REQUIRED = ("model", "task", "classes", "meta", "options")
+TRAINING_STATE = ("optimizer", "schedule", "scaler", "rng", "rng_ranks")  # what a resume needs, prediction not
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -125,10 +131,16 @@ def make_checkpoint(*, model: nn.Module, task: str, classes: List[str], meta: Di
             "world_size": len(ranks), "ema": ema.state_dict() if ema is not None else None}
 
 
+def prediction_checkpoint(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """``best.pt``'s content: the checkpoint ``ckpt`` (of the schema above) less its training state."""
+    return {**ckpt, **{k: None for k in TRAINING_STATE}}
+
+
 def read_checkpoint(path: str | os.PathLike, option: str = "checkpoint") -> Dict[str, Any]:
     """Load and check a checkpoint of this bundle -> the dict of the schema above (format 1 upgraded).
 
-    Any problem is a one-line ConfigError naming ``--option`` and the file.
+    Any problem is a one-line ConfigError naming ``--option`` and the file; for ``option`` ``"resume"`` a file
+    without the training state (a ``best.pt``) is one too.
     """
     where = f"--{option}: {str(path)!r}"
     ckpt = load_tensors(path, option)
@@ -144,6 +156,9 @@ def read_checkpoint(path: str | os.PathLike, option: str = "checkpoint") -> Dict
     if not isinstance(ckpt["format"], int) or ckpt["format"] > FORMAT:
         raise ConfigError(f"{where} has checkpoint format {ckpt['format']!r}, newer than this bundle's {FORMAT} "
                           f"(kernel {__version__}); update the bundle")
+    if option == "resume" and ckpt.get("optimizer") is None:
+        raise ConfigError(f"{where} holds the weights only, not the training state (a best.pt); resume from the "
+                          "run's last.pt (or --resume auto)")
     return ckpt
 
 

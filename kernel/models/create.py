@@ -1,9 +1,14 @@
 """Classification models for fine-tuning: timm and torchvision by name, pretrained weights, new heads.
 
 * timm names as they are (``resnet34``, ``convnext_tiny``); torchvision with ``tv:`` (``tv:resnet18``).
+* Only classifiers: torchvision's detection, segmentation, video, optical-flow and quantized models are
+  refused by kind (segmentation ones belong to ``--task segment``) and :func:`list_models` leaves them out.
 * ``pretrained``: a ``.pth``/``.pt``/``.safetensors`` file (a state_dict or one of our
   checkpoints), ``local-dir:PATH`` (timm), ``hub`` (needs internet) or ``none``. On a file,
-  the head and the first convolution adapt to ``num_classes`` and ``in_chans``.
+  the head and the first convolution adapt to ``num_classes`` and ``in_chans``, and one line logs how many
+  tensors were loaded, which were skipped (the new head, other shapes) and which the file lacks. ``hub``
+  first probes the download host (a short TCP connect), so an offline run fails at once rather than after
+  the hub client's retries.
 * The head is named on the model (``model.kernel_head``, see :mod:`kernel.models.freeze`), so
   freezing, per-group learning rates and unfreezing work the same for every library.
 """
@@ -12,35 +17,136 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from typing import Any, Dict, List
+import socket
+from typing import Any, Callable, Dict, List, Optional
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from ..data.images import DEFAULT_DATA_CONFIG, fit_channel_stats
 from ..paths import load_tensors
-from ..registry import ConfigError, did_you_mean
+from ..registry import ConfigError, closest
 
-__all__ = ["create_model", "list_models", "read_weights", "adapt_first_conv", "resolve_data_config", "model_summary"]
+__all__ = ["create_model", "list_models", "list_pattern", "read_weights", "adapt_first_conv", "resolve_data_config",
+           "model_summary", "hub_reachable"]
 
 log = logging.getLogger(__name__)
 
+_PREFIXES = ("tv:", "tu-")  # name spaces: torchvision models; timm encoders of a segmentation model
+
+
+def _tv_classifiers() -> List[str]:
+    """torchvision's classification models (the package's top level; not detection, video, ...)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
 
 
 def list_models(pattern: str = "*") -> List[str]:
-    """timm names and ``tv:`` torchvision names matching a shell-style pattern."""
+    """The classifiers ``--model`` builds matching a shell-style pattern: timm names, then ``tv:`` torchvision
+    classification names (a pattern starting with ``tv:`` lists only those)."""
     import timm
-    import torchvision
 
     tv_pattern = pattern[3:] if pattern.startswith("tv:") else pattern
     names = [] if pattern.startswith("tv:") else timm.list_models(pattern)
-    names += ["tv:" + n for n in torchvision.models.list_models() if fnmatch.fnmatch(n, tv_pattern)]
+    names += ["tv:" + n for n in _tv_classifiers() if fnmatch.fnmatch(n, tv_pattern)]
     return names
 
 
+def list_pattern(name: str, match: Optional[str], lister: Callable[[str], List[str]]) -> str:
+    """A ``--list-models`` pattern to suggest for the unknown ``name``: one that lists ``match`` (its closest
+    known name) and its family, else ``name``'s, else everything of its name space; never one listing nothing."""
+    source = match or name
+    prefix = next((p for p in _PREFIXES if source.startswith(p)), "")
+    for pattern in (f"{prefix}*{source[len(prefix):][:4]}*", f"{prefix}*"):
+        if lister(pattern):
+            return pattern
+    return "*"
+
+
 def _unknown_model(name: str) -> ConfigError:
-    hint = did_you_mean(name, list_models("*"))
-    return ConfigError(f"--model: unknown model {name!r}{hint} (list them with --list-models '*{name[:4]}*')")
+    known = list_models("*")
+    match = closest(name, known)
+    hint = f"; did you mean {match!r}?" if match else ""
+    return ConfigError(f"--model: unknown model {name!r}{hint} (list them with "
+                       f"--list-models '{list_pattern(name, match, list_models)}')")
+
+
+def _not_a_classifier(name: str) -> Optional[ConfigError]:
+    """The refusal of a torchvision model of another kind (detection, video...) than classification, or None."""
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        return None
+    kind = torchvision.models.get_model_builder(name).__module__.split(".")[2].replace("_", " ")
+    also = f"; it belongs to --task segment (--model tv:{name})" if kind == "segmentation" else ""
+    return ConfigError(f"--model: tv:{name} is a torchvision {kind} model{also}; --task classify trains "
+                       "torchvision classification models (--list-models 'tv:*') and timm models "
+                       "(--list-models '*')")
+
+
+def hub_reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds (an offline Kaggle run: no)."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_source(name: str) -> Optional[str]:
+    """The host ``--pretrained hub`` downloads ``name``'s weights from; None when they are cached already
+    (torchvision: in torch.hub's folder; timm: ``HF_HUB_OFFLINE`` set, so the hub client reads its cache),
+    or when the name has no weights (the library says so itself, at once)."""
+    if name.startswith("tv:"):
+        import torchvision
+
+        try:
+            url = torchvision.models.get_model_weights(name[3:]).DEFAULT.url
+        except (ValueError, KeyError, AttributeError):
+            return None
+        cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+        return None if os.path.isfile(cached) else urlparse(url).hostname
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return None
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except (RuntimeError, ValueError):
+        return None
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    return urlparse(cfg.url).hostname if cfg.url else None
+
+
+def _check_hub(name: str, reachable: Callable[[str], bool]) -> None:
+    """Refuse ``--pretrained hub`` at once when the weights' host cannot be reached (and they are not cached)."""
+    host = _hub_source(name)
+    if host is not None and not reachable(host):
+        cache = "" if name.startswith("tv:") else " (timm weights already in the hub cache: set HF_HUB_OFFLINE=1)"
+        raise ConfigError(f"--pretrained hub: no network ({host} cannot be reached) to download {name}'s weights; "
+                          f"attach a weights file and pass --pretrained PATH, or enable internet{cache}")
+
+
+def _short(names: List[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "") or "none"
+
+
+def log_loaded(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
+    """Log what of the weights file ``path`` (its ``state``) is in ``model``: tensors loaded (equal to the
+    file's), skipped (in the file, not loaded: the new head, an adapted first convolution, another shape) and
+    missing (not in the file)."""
+    own = model.state_dict()
+    loaded = {k for k, v in own.items() if k in state and state[k].shape == v.shape and torch.equal(state[k], v)}
+    skipped = [k for k in own if k in state and k not in loaded]
+    missing = [k for k in own if k not in state]
+    log.info("pretrained: %d of %d tensors loaded from %s; not loaded as they are (the new head, an adapted first "
+             "conv, other shapes): %s; not in the file: %s", len(loaded), len(own), path, _short(skipped),
+             _short(missing))
 
 
 def read_weights(path: str, option: str = "pretrained") -> Dict[str, torch.Tensor]:
@@ -104,8 +210,8 @@ def _replace_tv_head(model: nn.Module, num_classes: int, old_classes: int = 1000
 def _create_tv(name: str, num_classes: int, in_chans: int, pretrained: str) -> nn.Module:
     import torchvision
 
-    if name not in torchvision.models.list_models():
-        raise _unknown_model("tv:" + name)
+    if name not in _tv_classifiers():
+        raise _not_a_classifier(name) or _unknown_model("tv:" + name)
     kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
     weights = "DEFAULT" if pretrained == "hub" else None
     model = torchvision.models.get_model(name, weights=weights, **kwargs)
@@ -161,20 +267,31 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: str) ->
     return model
 
 
-def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: str = "none") -> nn.Module:
-    """Build ``name`` with a fresh ``num_classes`` head and ``in_chans`` inputs; logits are (N, num_classes)."""
-    if pretrained not in ("none", "hub") and not pretrained.startswith("local-dir:") and not os.path.isfile(pretrained):
+def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: str = "none",
+                 reachable: Callable[[str], bool] = hub_reachable) -> nn.Module:
+    """Build ``name`` with a fresh ``num_classes`` head and ``in_chans`` inputs; logits are (N, num_classes).
+
+    ``reachable(host)``: whether ``--pretrained hub`` can download from ``host`` (a probe; tests pass their own).
+    """
+    is_file = pretrained not in ("none", "hub") and not pretrained.startswith("local-dir:")
+    if is_file and not os.path.isfile(pretrained):
         raise ConfigError(f"--pretrained: weights file {pretrained!r} not found; give a .pth/.safetensors "
                           "file, local-dir:PATH, 'hub' or 'none'")
     try:
+        if pretrained == "hub":
+            _check_hub(name, reachable)
         if name.startswith("tv:"):
-            return _create_tv(name[3:], num_classes, in_chans, pretrained)
-        return _create_timm(name, num_classes, in_chans, pretrained)
+            model = _create_tv(name[3:], num_classes, in_chans, pretrained)
+        else:
+            model = _create_timm(name, num_classes, in_chans, pretrained)
     except (OSError, RuntimeError) as e:
         if pretrained == "hub":  # offline Kaggle/Colab runs land here
             raise ConfigError(f"--pretrained hub: download failed ({type(e).__name__}); with no internet, "
                               "attach a weights file and pass --pretrained PATH") from e
         raise
+    if is_file:
+        log_loaded(model, read_weights(pretrained), pretrained)
+    return model
 
 
 def resolve_data_config(model: nn.Module, img_size: int = 0, in_chans: int = 3) -> Dict[str, Any]:

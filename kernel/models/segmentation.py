@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .create import adapt_first_conv, read_weights
-from ..registry import ConfigError, Registry, did_you_mean
+from .create import adapt_first_conv, list_pattern, read_weights
+from ..registry import ConfigError, Registry, closest, did_you_mean
 
 __all__ = ["SegArch", "SEG_ARCHS", "DEFAULT_ARCH", "PadToMultiple", "pad_amounts", "create_seg_model",
-           "list_seg_archs", "list_encoders", "resolve_encoder", "fit_backbone_state", "load_backbone_weights"]
+           "list_seg_archs", "list_encoders", "list_seg_models", "resolve_encoder", "fit_backbone_state", "load_backbone_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,17 @@ def list_encoders(pattern: str = "*") -> List[str]:
     return names + ["tu-" + n for n in timm.list_models(timm_pattern)]
 
 
+def list_seg_models(pattern: str = "*") -> List[str]:
+    """What ``--model`` takes with ``--task segment``, matching a shell-style pattern: encoders
+    (:func:`list_encoders`), then the ``tv:`` torchvision segmentation models (a ``tv:`` pattern: only those)."""
+    import torchvision
+
+    tv = torchvision.models.list_models(module=torchvision.models.segmentation)
+    tv_pattern = pattern[3:] if pattern.startswith("tv:") else pattern
+    return ([] if pattern.startswith("tv:") else list_encoders(pattern)) + \
+        ["tv:" + n for n in tv if fnmatch.fnmatch(n, tv_pattern)]
+
+
 def resolve_encoder(encoder: str) -> str:
     """The smp ``encoder_name`` for ``--model``: smp's own name, or ``tu-<timm name>``."""
     import segmentation_models_pytorch as smp
@@ -104,12 +115,12 @@ def resolve_encoder(encoder: str) -> str:
     bare = encoder[3:] if encoder.startswith("tu-") else encoder
     if timm.is_model(bare):
         return "tu-" + bare
-    if encoder.startswith("tu-"):
-        hint = did_you_mean(encoder, ["tu-" + n for n in timm.list_models()])
-    else:
-        hint = did_you_mean(encoder, smp_names + timm.list_models())
+    timm_names = timm.list_models()
+    match = closest(encoder, ["tu-" + n for n in timm_names] if encoder.startswith("tu-") else smp_names + timm_names)
+    hint = f"; did you mean {match!r}?" if match else ""
     raise ConfigError(f"--model: unknown encoder {encoder!r}{hint} (give an smp encoder, a timm model name "
-                      "or tu-<timm name>; list them with list_encoders())")
+                      f"or tu-<timm name>; list them with --task segment --list-models "
+                      f"'{list_pattern(encoder, match, list_seg_models)}')")
 
 
 def pad_amounts(height: int, width: int, divisor: int, min_size: int = 0) -> Tuple[int, int]:

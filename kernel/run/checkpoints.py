@@ -1,9 +1,10 @@
 """A run's checkpoints: where a run stands (:class:`FitState`), resuming it, saving it at an epoch's end or inside one.
 
 ``last.pt`` is written after every epoch, and inside an epoch by ``--save-every``, a signal or the time
-limit; ``best.pt`` is a copy of it on improvement, with ``model.safetensors``. Rank 0 alone writes; the
-checkpoint holds every process's RNG state and partial sums. Resuming continues at the saved position
-(epoch and batch), so a run killed anywhere ends like an uninterrupted one. A previous Kaggle version's
+limit; on improvement ``best.pt`` (the same checkpoint less the training state: what prediction needs) and
+``model.safetensors``. Rank 0 alone writes; the checkpoint holds every process's RNG state and partial
+sums. Resuming continues at the saved position (epoch and batch), so a run killed anywhere ends like an
+uninterrupted one. A previous Kaggle version's
 run folder (found under the inputs) is carried over into this version's, history and pictures included.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ..config import options_to_dict
-from ..engine import export_safetensors, make_checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..engine import (export_safetensors, load_checkpoint, make_checkpoint, prediction_checkpoint, read_checkpoint,
+                      rng_state, save_checkpoint, set_rng_state)
 from ..engine.distributed import gather_objects, world
 from ..paths import TMP_SUFFIX, atomic_write, detect_platform, find_in_inputs, resolve_path
 from ..registry import ConfigError
@@ -168,7 +170,7 @@ def carry_over(p: Prepared, state: FitState) -> None:
 
 
 def repair_best(p: Prepared, state: FitState) -> None:
-    """After a kill between writing last.pt and copying it to best.pt, make the best files match the record.
+    """After a kill between writing last.pt and best.pt, make the best files match the record.
 
     When the last finished epoch was the best one, best.pt must hold that epoch and model.safetensors its
     weights; a kill in between leaves them one best epoch behind. Called once the run folder is ours.
@@ -186,7 +188,7 @@ def repair_best(p: Prepared, state: FitState) -> None:
         return
     log.info("best.pt held epoch %s but the best epoch is %d (a kill between saves): rewritten from last.pt",
              best_epoch, state.best_epoch)
-    atomic_write(best, lambda tmp: shutil.copyfile(last, tmp))
+    save_checkpoint(prediction_checkpoint(load_checkpoint(last)), best)
     _export(p)
 
 
@@ -208,13 +210,13 @@ def _checkpoint(p: Prepared, state: FitState, position: Optional[Dict[str, Any]]
 
 
 def save_epoch(p: Prepared, state: FitState, improved: bool) -> None:
-    """At an epoch's end: last.pt; on improvement best.pt (a copy) and model.safetensors; metrics.csv."""
+    """At an epoch's end: last.pt; on improvement best.pt (its prediction part) and model.safetensors; metrics.csv."""
     ckpt = _checkpoint(p, state, None)
     if ckpt is None:
         return
     save_checkpoint(ckpt, p.run_dir / "last.pt")
     if improved:
-        atomic_write(p.run_dir / "best.pt", lambda tmp: shutil.copyfile(p.run_dir / "last.pt", tmp))
+        save_checkpoint(prediction_checkpoint(ckpt), p.run_dir / "best.pt")
         _export(p)
     write_metrics_csv(state.history, (*BASE_COLUMNS, *p.task.columns, *TIME_COLUMNS), p.run_dir / "metrics.csv")
 

@@ -14,7 +14,6 @@ import torch
 from ..augment import save_aug_grid, seed_worker
 from ..data import REPORT, ReadGuard, TransformedDataset, build_loader, read_report
 from ..engine import make_scaler, resolve_amp_dtype, resolve_device
-from ..models import list_models
 from ..options import Options
 from ..report import summary_table
 from ..schedule import format_lr_table, preview_lr
@@ -28,8 +27,9 @@ log = logging.getLogger("kernel")
 
 
 def _list_models(opts: Options) -> Dict[str, Any]:
-    names = list_models(opts.list_models)
-    print("\n".join(names) if names else f"no model matches {opts.list_models!r}")
+    """The names ``--model`` takes for ``--task`` (classification: timm and torchvision classifiers)."""
+    names = get_task(opts.task).list_models(opts.list_models)
+    print("\n".join(names) if names else f"no --task {opts.task} model matches {opts.list_models!r}")
     return {"list_models": len(names)}
 
 

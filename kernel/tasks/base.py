@@ -48,6 +48,10 @@ class Task:
         """A model whose forward gives this task's logits, with ``kernel_head`` set (see kernel.models)."""
         raise NotImplementedError
 
+    def list_models(self, pattern: str) -> List[str]:
+        """The ``--model`` names this task trains that match the shell-style ``pattern`` (``--list-models``)."""
+        raise NotImplementedError
+
     def data_config(self, model: nn.Module, opts: Any) -> Dict[str, Any]:
         """Input size, mean/std, interpolation, crop for ``model`` and ``opts``."""
         raise NotImplementedError

@@ -17,7 +17,7 @@ from torch import nn
 from ...augment import build_transform
 from ...data import DataSplit, ImageList, build_loader, build_sources
 from ...engine.amp import autocast, resolve_amp_dtype
-from ...models import create_model, resolve_data_config
+from ...models import create_model, list_models, resolve_data_config
 from ...report import plots
 from ...registry import ConfigError
 from ..base import Task
@@ -56,6 +56,9 @@ class ClassifyTask(Task):
 
     def create_model(self, opts: Any, split: DataSplit, pretrained: str) -> nn.Module:
         return create_model(opts.model, len(split.classes), opts.in_chans, pretrained)
+
+    def list_models(self, pattern: str) -> List[str]:
+        return list_models(pattern)
 
     def data_config(self, model: nn.Module, opts: Any) -> Dict[str, Any]:
         return resolve_data_config(model, opts.img_size, opts.in_chans)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...augment import build_transform
 from ...data import DEFAULT_DATA_CONFIG, DataSplit, fit_channel_stats
-from ...models.segmentation import create_seg_model
+from ...models.segmentation import create_seg_model, list_seg_models
 from ...registry import ConfigError
 from ...report import plots
 from ..base import Task
@@ -88,6 +88,9 @@ class SegmentTask(Task):
 
     def create_model(self, opts: Any, split: DataSplit, pretrained: str) -> nn.Module:
         return create_seg_model(opts.arch, opts.model, out_channels(split), opts.in_chans, pretrained)
+
+    def list_models(self, pattern: str) -> List[str]:
+        return list_seg_models(pattern)
 
     def data_config(self, model: nn.Module, opts: Any) -> Dict[str, Any]:
         size = opts.img_size or SEG_IMG_SIZE
