@@ -191,6 +191,11 @@ def test_sample_submission_with_numeric_class_ids_in_any_column_order(index_mask
         want = (mask == int(cls)).astype(np.uint8)
         assert np.array_equal(rle_decode(rle, want.shape), want), (ident, cls)
     assert any(r[0] for r in rows[1:]), "every mask is empty: the check above proved nothing"
+    usual = tmp_path / "usual_order.csv"  # Kaggle's usual column order, the same numeric ClassIds
+    usual.write_text("ImageId,ClassId,EncodedPixels\n" + "".join(f"{i}.png,{c},\n" for i, c in wanted))
+    assert predict_main(argv + ["--out", str(tmp_path / "m1"), "--sample-submission", str(usual)]) == 0
+    again = list(csv.reader(open(tmp_path / "m1" / "submission.csv")))
+    assert [[i, c, r] for r, c, i in rows[1:]] == again[1:]
 
     capsys.readouterr()
     bad = tmp_path / "bad_sample.csv"
