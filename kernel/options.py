@@ -207,7 +207,9 @@ class PredictOptions:
     checkpoint: str = _opt("", "RUN/best.pt, RUN/model.safetensors, or the RUN folder (a k-fold RUN: the folds' "
                                "ensemble)", required=True, show_default=False)
     folds: str = _opt("", "with a k-fold RUN folder: the folds to average, e.g. 0,2 (default: every trained fold)")
-    out: str = _opt("", "output: the predictions CSV (classify: predictions.csv) or the masks folder (segment: masks)")
+    out: str = _opt("", "output: the predictions CSV or the masks folder (segment); a file there is replaced. Unset: "
+                        "RUN/predict/predictions.csv or RUN/predict/masks, beside the checkpoint, in the next free "
+                        "RUN/predict-2, -3... when taken")
     topk: int = _opt(5, "labels per image in the predictions CSV")
     tta: bool = _opt(False, "average with the horizontally flipped image (segmentation: flipped logits flipped back)")
     threshold: Optional[float] = _opt(None, "segmentation (binary, multilabel): pixel probability threshold "

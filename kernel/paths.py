@@ -103,25 +103,27 @@ def find_in_inputs(relpath: str | os.PathLike) -> Optional[Path]:
     return None
 
 
-def resolve_path(path: Optional[str], option: str) -> Optional[str]:
+def resolve_path(path: Optional[str], option: str, *, flag: bool = True) -> Optional[str]:
     """Return ``path`` as given when it exists; on Kaggle, search the inputs for it.
 
-    Raises ConfigError naming the option, and on Kaggle listing what is mounted.
+    Raises ConfigError naming the option (``--option``; as given with ``flag=False``, for what is not a flag:
+    a positional argument, a config key), and on Kaggle listing what is mounted.
     """
     if not path:
         return path
     if os.path.exists(path):
         return path
+    where = f"--{option}" if flag else option
     if detect_platform() == "kaggle":
         found = find_in_inputs(path)
         if found is not None:
             return str(found)
         mounts = [str(m.relative_to(input_root())) for m in mounted_roots()] or ["nothing"]
         raise ConfigError(
-            f"--{option}: {path!r} not found as given nor under {input_root()} "
+            f"{where}: {path!r} not found as given nor under {input_root()} "
             f"(mounted: {', '.join(mounts)}); attach the dataset to the kernel or fix the path"
         )
-    raise ConfigError(f"--{option}: {path!r} does not exist; check the path (relative to {os.getcwd()})")
+    raise ConfigError(f"{where}: {path!r} does not exist; check the path (relative to {os.getcwd()})")
 
 
 def default_output_dir(name: str) -> Path:

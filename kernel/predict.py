@@ -7,6 +7,10 @@ training. What is written depends on the run's task (classify: ``predictions.csv
 labels and, with ``--submission``, a Kaggle ``submission.csv`` whose columns and row order come from
 ``--id-col``/``--target-col`` or a ``--sample-submission`` file). Options: :class:`kernel.options.PredictOptions`.
 
+Outputs go where ``--out``/``--submission-file`` say (an existing file is replaced, with a warning), else into
+``RUN/predict/`` beside the checkpoint, or the next free ``RUN/predict-2/``...: an earlier prediction is never
+replaced unasked.
+
 A ``predict:`` mapping in the training config (same keys, underscores) runs this with ``best.pt``
 when training ends; relative outputs then go into the run folder.
 """
@@ -22,6 +26,7 @@ if __name__ == "__main__" and not __package__:  # `python kernel/predict.py`: ru
     run_file(__file__)
 
 import dataclasses
+import itertools
 import logging
 import os
 import sys
@@ -169,14 +174,51 @@ def predict(checkpoint: str, inputs: Sequence[str], **options: Any) -> Dict[str,
     return _predict({**_DEFAULTS, **options, "checkpoint": checkpoint, "inputs": list(inputs)})
 
 
+def _fresh_folder(checkpoint: str) -> Path:
+    """Where a prediction without ``--out`` goes: ``RUN/predict`` beside the checkpoint (its run folder), or
+    ``predict`` in the current folder when the run folder is read-only (a Kaggle input). When that folder already
+    holds files, the next free ``predict-2``, ``predict-3``...: a prediction never replaces an earlier one
+    unless its paths are given."""
+    path = Path(resolve_path(checkpoint, "checkpoint"))
+    run = path if path.is_dir() else path.parent
+    base = run if os.access(run, os.W_OK) else Path(".")
+    for n in itertools.count(1):
+        folder = base / ("predict" if n == 1 else f"predict-{n}")
+        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+            break
+    if n > 1:
+        log.info("%s holds an earlier prediction: this one goes to %s", base / "predict", folder)
+    return folder
+
+
+def _say_if_replaced(path: Optional[str], folder: bool) -> None:
+    """Given paths may be replaced; the log says when something is there already."""
+    if not path or not os.path.exists(path):
+        return
+    if folder and os.path.isdir(path):
+        count = sum(1 for _ in os.scandir(path))
+        if count:
+            log.warning("%s already holds %d files: those of the same names are replaced", path, count)
+    elif not folder:
+        log.warning("%s exists: it is replaced", path)
+
+
+def _outputs(popts: Dict[str, Any], task: Task) -> Dict[str, Any]:
+    """``out`` and ``submission``: as given (relative to the current folder), else in a fresh RUN/predict."""
+    out = popts["out"] or str(_fresh_folder(popts["checkpoint"]) / task.default_out)
+    sub = _submission_path(dict(popts, out=out), Path("."), task)
+    _say_if_replaced(out, task.out_is_folder)
+    _say_if_replaced(sub, False)
+    return {"out": out, "submission": sub}
+
+
 def _predict(popts: Dict[str, Any]) -> Dict[str, Any]:
     """Predict with every key of PredictOptions given."""
     check_predict_ranges(popts)
     device = resolve_device(popts["device"])
     trained = load_for_prediction(popts["checkpoint"], device, popts["folds"])
     items = collect_inputs(popts["inputs"], image_dir=popts["image_dir"], image_col=popts["image_col"])
-    popts = dict(popts, out=popts["out"] or trained.task.default_out)
-    popts["submission"] = _submission_path(popts, Path("."), trained.task)
+    popts = dict(popts, **_outputs(popts, trained.task))
     if popts["threshold"] is None:  # the training run's
         popts["threshold"] = trained.options["threshold"]
     return trained.task.predict(trained, items, popts, device)
@@ -185,10 +227,10 @@ def _predict(popts: Dict[str, Any]) -> Dict[str, Any]:
 def resolve_predict_section(spec: Any) -> Dict[str, Any]:
     """A config's ``predict:`` section, checked, with its input paths found (on Kaggle too)."""
     given = check_predict_spec(spec)
-    given["inputs"] = [resolve_path(i, "predict inputs") for i in given["inputs"]]
+    given["inputs"] = [resolve_path(i, "predict inputs", flag=False) for i in given["inputs"]]
     for name in ("image_dir", "sample_submission"):
         if given.get(name):
-            given[name] = resolve_path(given[name], f"predict {name}")
+            given[name] = resolve_path(given[name], f"predict {name}", flag=False)  # config keys, not flags
     return given
 
 

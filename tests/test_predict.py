@@ -169,3 +169,67 @@ def test_module_entry_point(run, tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     err = _errors(proc.stderr)
     assert proc.returncode == 2 and len(err) == 1 and "inputs" in err[0], proc.stderr
+
+
+def _copy_run(run, to):
+    """A run folder of its own holding the shared run's best.pt, so this test writes nothing into the shared run."""
+    import shutil
+
+    to.mkdir(parents=True)
+    shutil.copy2(run["run"] / "best.pt", to / "best.pt")
+    return to
+
+
+def test_default_outputs_go_beside_the_run_and_never_replace_an_earlier_prediction(run, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """Without --out: RUN/predict/, then RUN/predict-2/ (both kept, the log says where); nothing in the current
+    folder. A path the user names is replaced, and the log says so."""
+    mine = _copy_run(run, tmp_path / "r")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    images = run["val"] / "images"
+    argv = ["--checkpoint", str(mine / "best.pt"), str(images), "--workers", "0", "--device", "cpu", "--submission"]
+    assert predict_main(argv) == 0
+    first = {p.name: p.read_bytes() for p in (mine / "predict").iterdir()}
+    assert sorted(first) == ["predictions.csv", "submission.csv"] and len(_rows(mine / "predict" / "submission.csv")) == 49
+    capsys.readouterr()
+    assert predict_main(argv[:2] + [str(images / "00000.png")] + argv[3:]) == 0  # another input, same command
+    err = capsys.readouterr().err
+    assert "predict-2" in err and "earlier prediction" in err, err
+    assert {p.name: p.read_bytes() for p in (mine / "predict").iterdir()} == first  # the first one untouched
+    assert len(_rows(mine / "predict-2" / "predictions.csv")) == 2 and len(_rows(mine / "predict-2" / "submission.csv")) == 2
+    assert list(cwd.iterdir()) == []
+
+    # a read-only run folder (a Kaggle input): predict/ in the current folder
+    monkeypatch.setattr("kernel.predict.os.access", lambda path, mode: False)
+    assert predict_main(argv) == 0
+    assert sorted(p.name for p in (cwd / "predict").iterdir()) == ["predictions.csv", "submission.csv"]
+    monkeypatch.undo()
+    monkeypatch.chdir(cwd)
+
+    named = tmp_path / "named.csv"
+    assert _predict(run, images / "00000.png", "--out", named) == 0
+    assert "replaced" not in capsys.readouterr().err
+    assert _predict(run, images, "--out", named) == 0
+    err = capsys.readouterr().err
+    assert f"{named} exists: it is replaced" in err, err
+    assert len(_rows(named)) == 49
+
+
+def test_messages_name_no_flag_that_does_not_exist(run, tmp_path, capsys, monkeypatch):
+    """Inputs are positional and predict: keys are not flags: their errors do not name --inputs or --predict."""
+    from kernel.predict import resolve_predict_section
+    from kernel.registry import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    empty_csv = tmp_path / "ids.csv"
+    empty_csv.write_text("id\n")
+    for given, needle in (("data/test", "inputs: 'data/test' does not exist"), (str(empty_csv), "has no rows")):
+        assert predict_main(["--checkpoint", str(run["run"] / "best.pt"), given, "--device", "cpu"]) == 2
+        err = _errors(capsys.readouterr().err)
+        assert len(err) == 1 and needle in err[0] and "--inputs" not in err[0], err
+    for section in ({"inputs": ["data/test"]}, {"inputs": [str(run["val"] / "images")], "image_dir": "nowhere"}):
+        with pytest.raises(ConfigError) as e:
+            resolve_predict_section(section)
+        assert str(e.value).startswith("predict ") and "--" not in str(e.value).split(":")[0], str(e.value)

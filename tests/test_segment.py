@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,91 @@ def test_torchvision_masks_stay_aligned_to_the_pixel():
             worst.append(((x[0] > 0).numpy() != (m.numpy() > 0)).mean())
         # torchvision's own floor-based nearest disagreed on 0.9 % (a pixel's shift up-left) on this image
         assert np.mean(worst) < 0.003, (backend, np.mean(worst))
+
+
+@pytest.fixture(scope="module")
+def index_mask_run(tmp_path_factory):
+    """One tiny epoch on index masks without class names: the classes are background, class_1 ... class_4."""
+    root = tmp_path_factory.mktemp("idx")
+    data = write_shapes_seg(root / "data", n=16, seed=0, size=32)
+    (data / "classes.txt").unlink()
+    assert main(_args(root / "runs", "--data", str(data), "--model", "tu-test_resnet", "--img-size", "32",
+                      "--epochs", "1", "--aug", "none", "--no-plots", "--name", "idx")) == 0
+    return root / "runs" / "idx", data
+
+
+def test_sample_submission_with_numeric_class_ids_in_any_column_order(index_mask_run, tmp_path, capsys):
+    """ClassId k is mask value k; the sample's columns are found by name (here: RLE, class, id); a sample the
+    model cannot fill is refused before any mask is written."""
+    run, data = index_mask_run
+    assert torch.load(run / "best.pt", weights_only=True)["classes"] == ["background"] + [f"class_{k}" for k in
+                                                                                          range(1, 5)]
+    wanted = [(ident, c) for ident in ("00003", "00001", "00002") for c in (4, 1, 3, 2)]
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("EncodedPixels,ClassId,ImageId\n" + "".join(f"1 1,{c},{i}.png\n" for i, c in wanted))
+    argv = ["--checkpoint", str(run / "best.pt"), str(data / "images"), "--device", "cpu", "--workers", "0"]
+    out = tmp_path / "masks"
+    assert predict_main(argv + ["--out", str(out), "--sample-submission", str(sample)]) == 0
+    rows = list(csv.reader(open(out / "submission.csv")))
+    assert rows[0] == ["EncodedPixels", "ClassId", "ImageId"]
+    assert [(r[2], int(r[1])) for r in rows[1:]] == [(f"{i}.png", c) for i, c in wanted]
+    for rle, cls, ident in rows[1:]:
+        mask = np.asarray(Image.open(out / f"{Path(ident).stem}.png"))
+        want = (mask == int(cls)).astype(np.uint8)
+        assert np.array_equal(rle_decode(rle, want.shape), want), (ident, cls)
+    assert any(r[0] for r in rows[1:]), "every mask is empty: the check above proved nothing"
+    usual = tmp_path / "usual_order.csv"  # Kaggle's usual column order, the same numeric ClassIds
+    usual.write_text("ImageId,ClassId,EncodedPixels\n" + "".join(f"{i}.png,{c},\n" for i, c in wanted))
+    assert predict_main(argv + ["--out", str(tmp_path / "m1"), "--sample-submission", str(usual)]) == 0
+    again = list(csv.reader(open(tmp_path / "m1" / "submission.csv")))
+    assert [[i, c, r] for r, c, i in rows[1:]] == again[1:]
+
+    capsys.readouterr()
+    bad = tmp_path / "bad_sample.csv"
+    bad.write_text("ImageId,ClassId,EncodedPixels\n00001.png,1,\n00001.png,7,\n")
+    refused = tmp_path / "refused"
+    assert predict_main(argv + ["--out", str(refused), "--sample-submission", str(bad)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "'7'" in err[0] and "class_1" in err[0] and "1..4" in err[0], err
+    assert not refused.exists()  # checked before the first mask
+
+
+def test_submission_plan_columns_and_class_ids(tmp_path):
+    """Columns by name in any order (unknown names take the roles left), class names or mask values, and the
+    one-line refusals."""
+    from kernel.registry import ConfigError
+    from kernel.tasks.segment.submission import class_position, plan_submission
+
+    names = ["circle", "square", "triangle", "cross"]
+    assert [class_position(v, names) for v in ("circle", "1", "4", " 2 ", "0", "5", "x")] == [0, 0, 3, 1, None,
+                                                                                             None, None]
+    assert [class_position(v, ["class_1", "class_2"]) for v in ("1", "class_2", "3")] == [0, 1, None]
+    # class names that are integers (an RLE CSV's ClassIds) match by name only: "1" is not the first of 2, 3, 4
+    assert [class_position(v, ["2", "3", "4"]) for v in ("1", "2", "4")] == [None, 0, 2]
+
+    ids = ["a", "b"]
+    popts = {"sample_submission": "", "id_col": "", "target_col": ""}
+    rles = {0: ["a1", "a2", "a3", "a4"], 1: ["b1", "b2", "b3", "b4"]}
+    own = plan_submission(ids, names, popts, {}, per_class=True)
+    assert own.table(rles)[:3] == [["ImageId", "ClassId", "EncodedPixels"], ["a", "circle", "a1"], ["a", "square", "a2"]]
+
+    def plan(text, names=names, trained=None, **flags):
+        path = tmp_path / "s.csv"
+        path.write_text(text)
+        return plan_submission(ids, names, {**popts, "sample_submission": str(path), **flags}, trained or {},
+                               per_class=len(names) > 1).table(rles)
+
+    assert plan("ClassId,ImageId,EncodedPixels\n3,b.png,\n1,a,\n") == [
+        ["ClassId", "ImageId", "EncodedPixels"], ["3", "b.png", "b3"], ["1", "a", "a1"]]
+    assert plan("EncodedPixels,Label,Name\nx,cross,b\n", id_col="Name") == [["EncodedPixels", "Label", "Name"],
+                                                                         ["b4", "cross", "b"]]
+    assert plan("img,Code,mask\nb,2,\n", trained={"image_col": "img", "class_col": "Code"}) == [
+        ["img", "Code", "mask"], ["b", "2", "b2"]]
+    assert plan("rle_mask,id\n,a\n", names=["fg"]) == [["rle_mask", "id"], ["a1", "a"]]
+    for text, kw, needle in (("ImageId,EncodedPixels\na,\n", {}, "no class column"),
+                             ("ImageId,ClassId,EncodedPixels\na,circle,\nb,0,\n", {}, "'0' (line 3)"),
+                             ("ImageId,ClassId,EncodedPixels\nz,1,\n", {}, "'z'"),
+                             ("ImageId,ClassId,EncodedPixels,Extra\na,1,,x\n", {}, "4 columns"),
+                             ("ImageId,ClassId,EncodedPixels\na,1,\n", {"target_col": "rle"}, "--target-col")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            plan(text, **kw)

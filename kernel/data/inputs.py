@@ -18,7 +18,7 @@ __all__ = ["collect_inputs"]
 
 def _csv_items(csv_path: Path, image_dir: str, image_col: str) -> List[Tuple[str, str]]:
     """(id, path) per CSV row; ``image_dir`` defaults to the CSV's folder and may be relative to it."""
-    rows = read_csv_rows(csv_path, "inputs")
+    rows = read_csv_rows(csv_path, "inputs", flag=False)  # positional: no --inputs flag
     col = image_col or list(rows[0])[0]
     if col not in rows[0]:
         raise ConfigError(f"--image-col: column {col!r} not in {str(csv_path)!r} (columns: {', '.join(rows[0])})")
@@ -36,7 +36,7 @@ def collect_inputs(inputs: Sequence[str], *, image_dir: str = "", image_col: str
     """(id, image path) for every input, in order; raises ConfigError when nothing usable is found."""
     items: List[Tuple[str, str]] = []
     for given in inputs:
-        path = Path(resolve_path(given, "inputs"))
+        path = Path(resolve_path(given, "inputs", flag=False))
         if path.is_dir():
             found = sorted(f for f in path.rglob("*") if f.is_file() and is_image_file(f))
             if not found:

@@ -20,12 +20,13 @@ from .images import IMAGE_EXTENSIONS, is_image_file, load_image
 __all__ = ["FolderSource", "CsvSource", "Subset", "read_csv_rows", "match_image_ids"]
 
 
-def read_csv_rows(path: str | os.PathLike, option: str) -> List[Dict[str, str]]:
-    """The rows of a CSV with a header, as dicts; ConfigError naming ``option`` when it has none."""
+def read_csv_rows(path: str | os.PathLike, option: str, *, flag: bool = True) -> List[Dict[str, str]]:
+    """The rows of a CSV with a header, as dicts; ConfigError naming ``--option`` (``option`` with
+    ``flag=False``: a positional argument) when it has none."""
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
-        raise ConfigError(f"--{option}: {str(path)!r} has no rows")
+        raise ConfigError(f"{'--' if flag else ''}{option}: {str(path)!r} has no rows")
     return rows
 
 

@@ -5,7 +5,8 @@
 (the one-file kernel: header, bootstrap, embedded sources), :mod:`.bootstrap` (the packed script's
 import hook and entry, copied as text), :mod:`.bundle` (plan everything, then write), :mod:`.push`
 (the kaggle CLI), :mod:`.watch` (following a pushed kernel: status, outputs, the next version after
-a time-limit stop). Standard library and PyYAML only: a build takes a fraction of a second.
+a time-limit stop), :mod:`.command` (``kernel-build``, the installed command: runs the checkout's build.py).
+Standard library and PyYAML only: a build takes a fraction of a second.
 """
 from .bundle import VENDORED, Bundle, plan, read_config, write
 from .metadata import (KNOWN_LICENSES, KNOWN_MACHINE_SHAPES, PLACEHOLDER_OWNER, BuildError, is_secret_name,

@@ -32,7 +32,7 @@ MODES = ("auto", "binary", "multiclass", "multilabel")
 IGNORE_INDEX = 255  # index masks: pixels of this value are left out of losses and metrics
 MAX_MULTILABEL = 30  # bits 0..29 of a non-negative int32
 RLE_COLUMNS = ("encodedpixels", "rle_mask", "rle")  # guessed RLE column names, lowercase
-_CLASS_COLUMNS = ("classid", "class_id", "class")
+CLASS_COLUMNS = ("classid", "class_id", "class")  # guessed class column names, lowercase
 
 
 def encode_multilabel(masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -195,7 +195,7 @@ class RleCsvSource:
         if not rle_col:
             raise ConfigError(f"--rle-col: no RLE column in {self.csv_path!r} (columns: {', '.join(cols)}); "
                               "name the column of 'start length' pairs with --rle-col")
-        class_col = _column(cols, class_col, "class-col", _CLASS_COLUMNS, self.csv_path)
+        class_col = _column(cols, class_col, "class-col", CLASS_COLUMNS, self.csv_path)
         self.mode = self._resolve_mode(_check_mode(mode), class_col, rows, classes, rle_given)
         index = {c: k for k, c in enumerate(self.names)}
         grouped: Dict[str, List[Tuple[int, str]]] = {}

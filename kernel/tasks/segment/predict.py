@@ -7,7 +7,8 @@ before the argmax (multiclass) or the threshold (binary, multilabel). Outputs in
 * ``<stem>.png``: an index mask with the run's palette, for binary and multiclass models;
   multilabel models write one 0/1 mask per class, ``<stem>_<class>.png``;
 * ``submission.csv`` (``--submission``): Kaggle RLE, a row per image (``id,rle_mask``, binary) or per image
-  and class (``ImageId,ClassId,EncodedPixels``); a ``--sample-submission`` gives the columns and row order.
+  and class (``ImageId,ClassId,EncodedPixels``); a ``--sample-submission`` gives the columns and row order
+  (:mod:`.submission`, checked before the first mask is written).
 """
 from __future__ import annotations
 
@@ -23,14 +24,12 @@ from PIL import Image
 
 from ...data import ImageList, build_loader
 from ...engine.amp import autocast, resolve_amp_dtype
-from ...registry import ConfigError
 from ...report.files import write_csv
-from ..classify.outputs import read_sample_submission
 from .masks import palette, write_mask_png
 from .rle import rle_encode
+from .submission import plan_submission
 
-__all__ = ["predict_logits", "logits_to_masks", "remove_small_regions", "mask_palette", "write_masks", "predict_masks",
-           "submission_rows"]
+__all__ = ["predict_logits", "logits_to_masks", "remove_small_regions", "mask_palette", "write_masks", "predict_masks"]
 
 log = logging.getLogger("kernel")
 
@@ -101,59 +100,30 @@ def write_masks(masks: np.ndarray, out: Path, stem: str, mode: str, classes: Seq
 
 def predict_masks(trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
                   device: torch.device) -> Dict[str, Any]:
-    """Write one mask per image into ``popts['out']`` and, when asked, the RLE submission; see the module doc."""
+    """Write one mask per image into ``popts['out']`` and, when asked, the RLE submission; see the module doc.
+
+    The submission (a sample submission's columns, ids and classes) is checked first: a refusal writes nothing."""
     mode, classes = trained.meta["mode"], trained.classes
     out = Path(popts["out"])
     pal = mask_palette(trained.meta, classes)
     order = trained.options.get("rle_order", "F")
-    rows: Dict[int, List[Tuple[str, str]]] = {}  # image index -> [(class name, rle)]
+    fg = list(classes) if mode == "multilabel" else classes[1:] if len(classes) > 1 else list(classes)
+    plan = plan_submission([ident for ident, _ in items], fg, popts, trained.options,
+                           per_class=mode != "binary") if popts["submission"] else None
+    rles: Dict[int, List[str]] = {}  # image index -> RLE per foreground class (fg's order)
     for i, logits in predict_logits(trained, [p for _, p in items], device=device, batch_size=popts["batch_size"],
                                     workers=popts["workers"], amp=popts["amp"], tta=popts["tta"]):
         masks = logits_to_masks(logits, mode, popts["threshold"])
         if mode == "multilabel":
             masks = np.stack([remove_small_regions(m.astype(np.uint8), popts["min_area"]) for m in masks])
-            rows[i] = [(name, rle_encode(m, order)) for name, m in zip(classes, masks)]
+            rles[i] = [rle_encode(m, order) for m in masks]
         else:
             masks = remove_small_regions(masks, popts["min_area"])
-            fg = classes[1:] if len(classes) > 1 else classes
-            rows[i] = [(name, rle_encode(masks == k + 1, order)) for k, name in enumerate(fg)]
+            rles[i] = [rle_encode(masks == k + 1, order) for k in range(len(fg))]
         write_masks(masks, out, Path(items[i][1]).stem, mode, classes, pal)
     log.info("predicted %d masks%s -> %s", len(items), " (flip TTA)" if popts["tta"] else "", out)
     result: Dict[str, Any] = {"images": len(items), "masks": str(out)}
-    if popts["submission"]:
-        header, table = submission_rows([ident for ident, _ in items], rows, popts, per_class=mode != "binary")
-        result["submission"] = write_csv([header, *table], popts["submission"])
+    if plan is not None:
+        result["submission"] = write_csv(plan.table(rles), popts["submission"])
         log.info("wrote %s", popts["submission"])
     return result
-
-
-def submission_rows(ids: Sequence[str], rows: Dict[int, List[Tuple[str, str]]], popts: Dict[str, Any],
-                    per_class: bool) -> Tuple[List[str], List[List[str]]]:
-    """(header, rows) of the RLE submission: a sample submission's columns and order, or our own."""
-    index: Dict[str, int] = {}
-    for n, ident in enumerate(ids):
-        index.setdefault(ident, n)
-        index.setdefault(Path(ident).stem, n)
-    if not popts["sample_submission"]:
-        if per_class:
-            return ["ImageId", "ClassId", "EncodedPixels"], [[ids[n], c, r] for n in sorted(rows) for c, r in rows[n]]
-        return ["id", popts["target_col"] or "rle_mask"], [[ids[n], rows[n][0][1]] for n in sorted(rows)]
-    header, order = read_sample_submission(popts["sample_submission"])
-    missing = [i for i in order if i not in index and Path(i).stem not in index]
-    if missing:
-        raise ConfigError(f"--sample-submission: {len(missing)} of its {len(order)} ids have no predicted image "
-                          f"(first: {missing[0]!r}); predict the competition's test images")
-    if len(header) == 2:
-        return header, [[ident, rows[index.get(ident, index.get(Path(ident).stem))][0][1]] for ident in order]
-    import csv
-
-    with open(popts["sample_submission"], newline="", encoding="utf-8") as fh:
-        sample = [r for r in csv.reader(fh)][1:]
-    table = []
-    for r in sample:
-        by_class = dict(rows[index.get(r[0], index.get(Path(r[0]).stem))])
-        if r[1] not in by_class:
-            raise ConfigError(f"--sample-submission: class {r[1]!r} is not one of the model's classes "
-                              f"({', '.join(by_class)}); check the ClassId column")
-        table.append([r[0], r[1], by_class[r[1]]])
-    return header, table
