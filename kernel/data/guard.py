@@ -32,7 +32,7 @@ from ..paths import atomic_write
 from ..registry import ConfigError
 
 __all__ = ["BAD_IMAGES", "REPORT", "ReadGuard", "read_report", "source_path", "too_many_bad", "name_files",
-           "too_many_error", "settle_unreadable_inputs"]
+           "too_many_error", "settle_unreadable_inputs", "read_error"]
 
 log = logging.getLogger("kernel")
 BAD_IMAGES = ("skip", "error")
@@ -46,7 +46,8 @@ def source_path(source: Any, i: int) -> str:
     return fn(i) if callable(fn) else f"sample {i}"
 
 
-def _reason(e: BaseException) -> str:
+def read_error(e: BaseException) -> str:
+    """Why a file could not be read, in one short line (``OSError: image file is truncated``)."""
     text = " ".join(str(e).split()) or type(e).__name__
     return f"{type(e).__name__}: {text}"[:200]
 
@@ -96,7 +97,7 @@ class ReadGuard:
             try:
                 return source[j]
             except Exception as e:  # any read failure: PIL's OSError, SyntaxError, ValueError, DecompressionBomb
-                self._record(source_path(source, j), _reason(e), n)
+                self._record(source_path(source, j), read_error(e), n)
                 if not self.replace:
                     return None
         raise ConfigError(f"{self.what}: none of the {n} images can be read; check the path and the files")
