@@ -151,6 +151,8 @@ def _check_ranges(o: Options) -> None:
         raise ConfigError(f"--threshold must be a probability in (0, 1), got {o.threshold}")
     if not 0.0 <= o.bad_images_limit <= 1.0:
         raise ConfigError(f"--bad-images-limit must be a fraction in [0, 1], got {o.bad_images_limit}")
+    if o.bad_images_floor < 0:
+        raise ConfigError(f"--bad-images-floor must be a number of files >= 0, got {o.bad_images_floor}")
     _check_competing(o)
     if o.lr <= 0:
         raise ConfigError(f"--lr must be > 0, got {o.lr}")

@@ -127,7 +127,10 @@ class Options:
                           choices=("F", "C"))
     bad_images: str = _opt("skip", "an unreadable image: skip (replace it, log it in bad_images.txt) or error (stop)",
                            "data", choices=_choices_bad_images)
-    bad_images_limit: float = _opt(0.01, "stop when more than this fraction of the images is unreadable", "data")
+    bad_images_limit: float = _opt(0.01, "stop when more than this fraction of the images (training and validation "
+                                         "together) is unreadable, and more than --bad-images-floor files", "data")
+    bad_images_floor: int = _opt(5, "never stop for this many unreadable images or fewer, however small the data "
+                                    "(a small data set survives a few bad files)", "data", metavar="N")
     aug: Any = _opt("default", "augmentation preset (a YAML list gives a custom pipeline)", "data",
                     choices=_choices_aug)
     aug_backend: str = _opt("auto", "augmentation library (auto prefers imgaug when installed)", "data",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -205,10 +206,62 @@ def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, capsys):
     log = (tmp_path / "s" / "train.log").read_text()
     assert "epoch 2: 4 unreadable images replaced so far" in log
     assert sum(f"unreadable image {b}" in log for b in bad) == 4  # each named once, however many epochs
-    # With the default 1 % limit the same data stops, in one line.
-    assert main(args[:-2] + ["--name", "s2"]) == 2
+    # With the default 1 % limit and a floor under 4 files the same data stops, in one line.
+    assert main(args[:-2] + ["--name", "s2", "--bad-images-floor", "2"]) == 2
     line = _one_line(capsys)
-    assert "images are unreadable, more than --bad-images-limit 0.01" in line and "--check-data" in line, line
+    # the guard stops at the third file it meets (more than 2 and than 1 %), before the epoch ends
+    assert re.search(r"\b[34] of 100 images are unreadable", line) and "--bad-images-limit 0.01" in line, line
+    assert "--bad-images-floor 2" in line and "--check-data" in line, line
+
+
+def _small_split(tmp_path: Path) -> tuple:
+    """25 images: an ImageFolder of 20 for training and one of 5 for validation (--val-data); the runs use
+    batches of 10, so every training image is read in every epoch."""
+    train = write_shapes(tmp_path / "tr", n=20, seed=0, size=32) / "train"
+    val = write_shapes(tmp_path / "va", n=5, seed=1, size=32) / "train"
+    return train, val
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_one_unreadable_image_of_25_trains_to_the_end(tmp_path, where, workers):
+    """1 bad file in 25 is 4 %, and 20 % of a 5-image validation split: under the floor of files, so the run
+    replaces it, names it and lists it, wherever it falls and however many workers read it."""
+    train, val = _small_split(tmp_path)
+    bad = _break_images(train if where == "train" else val, [2])
+    args = small_args(tmp_path, "--data", str(train), "--val-data", str(val), "--epochs", "2", "--name", "one",
+                      "--no-tensorboard", "--no-plots", "--aug", "none", "--workers", workers, "--batch-size", "10")
+    assert main(args) == 0
+    run = tmp_path / "one"
+    assert [ln.split("\t")[0] for ln in (run / "bad_images.txt").read_text().splitlines()] == bad
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
+    log = (run / "train.log").read_text()
+    assert f"epoch 2: 1 unreadable image replaced so far ({bad[0]}; listed in" in log, log
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_more_bad_images_than_floor_and_fraction_stop_in_one_line_naming_them(tmp_path, capsys, workers):
+    """6 bad files of 25: more than the floor (5) and the fraction (1 %): one line naming the first files."""
+    train, val = _small_split(tmp_path)
+    bad = _break_images(train, [1, 4, 7, 10]) + _break_images(val, [0, 3])
+    args = small_args(tmp_path, "--data", str(train), "--val-data", str(val), "--epochs", "1", "--name", "six",
+                      "--no-tensorboard", "--no-plots", "--aug", "none", "--workers", workers, "--batch-size", "10")
+    assert main(args) == 2
+    line = _one_line(capsys)
+    assert "6 of 25 images are unreadable" in line and "--bad-images-floor 5" in line, line
+    assert sum(b in line for b in bad) == 3 and "and 3 more" in line, line
+    # Five are within the floor: the same data with one file fewer broken trains.
+    Path(bad[-1]).unlink()
+    args[args.index("six")] = "five"
+    assert main(args) == 0
+
+
+def test_too_many_bad_is_one_rule_of_a_floor_and_a_fraction():
+    from kernel.data import too_many_bad
+
+    assert not too_many_bad(1, 12, 0.01, 5) and not too_many_bad(5, 25, 0.01, 5)
+    assert too_many_bad(6, 25, 0.01, 5) and not too_many_bad(6, 1000, 0.01, 5)  # 6 of 1000 is under 1 %
+    assert too_many_bad(11, 1000, 0.01, 5) and too_many_bad(1, 12, 0.01, 0)
 
 
 def test_check_data_reports_bad_files_and_exits_non_zero(tmp_path, capsys):
@@ -218,9 +271,19 @@ def test_check_data_reports_bad_files_and_exits_non_zero(tmp_path, capsys):
     bad = _break_images(data / "train", [1, 2])
     assert main(small_args(tmp_path, "--data", str(data / "train"), "--check-data", "--name", "c",
                            "--workers", "2")) == 1
-    assert "2 of 40 images are unreadable" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "2 of 40 images are unreadable" in out and all(b in out for b in bad), out
+    assert "within --bad-images-floor 5 files or --bad-images-limit 0.01 of the images: a training run would go on" \
+        in out, out
     listed = [ln.split("\t")[0] for ln in (tmp_path / "c" / "bad_images.txt").read_text().splitlines()]
     assert sorted(listed) == sorted(bad)
+    # counted as a run counts them: over a floor of 1 file and 1 % of the 40 images, a run would stop; the
+    # files are named (by this process: 0 workers), and not as "replaced", since nothing is trained
+    assert main(small_args(tmp_path, "--data", str(data / "train"), "--check-data", "--name", "c",
+                           "--bad-images-floor", "1")) == 1
+    out, err = capsys.readouterr()
+    assert "a training run would stop" in out and all(f"unreadable image {b}" in err for b in bad), err
+    assert "replace" not in out + err, out + err
 
 
 NAN_LOSS = '''

@@ -2,6 +2,7 @@
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,98 @@ def test_messages_name_no_flag_that_does_not_exist(run, tmp_path, capsys, monkey
         with pytest.raises(ConfigError) as e:
             resolve_predict_section(section)
         assert str(e.value).startswith("predict ") and "--" not in str(e.value).split(":")[0], str(e.value)
+def _truncate(path: Path) -> str:
+    path.write_bytes(path.read_bytes()[:60])
+    return str(path)
+
+
+def test_an_unreadable_test_image_gets_the_training_prior_and_keeps_its_row(tmp_path, capsys):
+    """Training on 6 circles and 2 of each other shape (the prior: circle 0.5), then a predict: section over 20 test
+    images, one of them truncated: 20 rows, the bad one with the prior (label circle, 0.5), named and listed, and
+    the run ends 0. More unreadable inputs than the floor (5) and the fraction stop in one line naming them."""
+    import yaml
+
+    from kernel.data import write_shapes
+    from kernel.train import main
+    from conftest import small_args
+
+    train = write_shapes(tmp_path / "tr", n=24, seed=0, size=32) / "train"
+    for name, keep in (("cross", 2), ("square", 2), ("triangle", 2)):
+        for extra in sorted((train / name).iterdir())[keep:]:
+            extra.unlink()
+    val = write_shapes(tmp_path / "va", n=4, seed=1, size=32) / "train"
+    test = write_shapes(tmp_path / "te", n=20, seed=2, size=32) / "images"
+    files = sorted(test.iterdir())
+    bad = _truncate(files[7])
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"predict": {"inputs": [str(test)], "submission": True,
+                                                                   "workers": 0, "topk": 4}}))
+    assert main(small_args(tmp_path / "runs", "--data", str(train), "--val-data", str(val), "--epochs", "1",
+                           "--name", "p", "--no-tensorboard", "--no-plots", "--aug", "none",
+                           "--config", str(tmp_path / "cfg.yaml"))) == 0
+    run = tmp_path / "runs" / "p"
+    rows = _rows(run / "predictions.csv")
+    assert len(rows) == 1 + 20 and [r[0] for r in rows[1:]] == [str(f) for f in files]
+    fallback = _probs(rows)[bad]
+    assert rows[1 + 7][1] == "circle" and fallback == {"circle": 0.5, "cross": pytest.approx(1 / 6, abs=1e-5),
+                                                      "square": pytest.approx(1 / 6, abs=1e-5),
+                                                      "triangle": pytest.approx(1 / 6, abs=1e-5)}, rows[1 + 7]
+    assert len(_rows(run / "submission.csv")) == 1 + 20
+    assert (run / "predictions_bad_images.txt").read_text().split("\t")[0] == bad
+    log = (run / "train.log").read_text()
+    assert f"1 of 20 inputs are unreadable ({bad}): each has a row with the training prior" in log, log
+    capsys.readouterr()
+    # 7 of 20, read by 2 workers: too many; nothing is written
+    more = [bad] + [_truncate(f) for f in files[:6]]
+    out = tmp_path / "again.csv"
+    assert predict_main(["--checkpoint", str(run), str(test), "--workers", "2", "--device", "cpu",
+                         "--out", str(out)]) == 2
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and "inputs: 7 of 20 images are unreadable" in err[0] and "and 4 more" in err[0], err
+    assert sum(f in err[0] for f in more) == 3 and "--bad-images-floor 5" in err[0], err
+    assert not out.exists() and not (tmp_path / "again_bad_images.txt").exists()
+
+
+def test_the_class_prior_counts_training_labels_single_and_multi_label(tmp_path):
+    from kernel.data import CsvSource, DataSplit, Subset
+    from kernel.tasks import get_task
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    labels = ["a b", "a", "a", "c"]
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(folder / f"{i}.png")
+    (tmp_path / "t.csv").write_text("id,label\n" + "".join(f"{i},{l}\n" for i, l in enumerate(labels)))
+    source = CsvSource(str(tmp_path / "t.csv"), str(folder))
+    task = get_task("classify")
+    meta = task.export_meta(DataSplit(Subset(source, [0, 1, 3]), Subset(source, [2]), source.classes, True))
+    assert meta["multilabel"] is True and meta["prior"] == pytest.approx([2 / 3, 1 / 3, 1 / 3])
+    (tmp_path / "s.csv").write_text("id,label\n0,a\n1,a\n2,a\n3,c\n")
+    single = CsvSource(str(tmp_path / "s.csv"), str(folder))
+    meta = task.export_meta(DataSplit(single, single, single.classes, False))
+    assert meta["multilabel"] is False and meta["prior"] == [0.75, 0.25]
+
+
+def test_an_unreadable_image_gets_an_empty_mask_row_in_a_segmentation_submission(tmp_path, capsys):
+    from kernel.tasks.segment.shapes import write_shapes_seg
+    from kernel.train import main
+    from conftest import small_args
+
+    data = write_shapes_seg(tmp_path / "seg", n=12, seed=0, size=32)
+    args = small_args(tmp_path / "runs", "--data", str(data), "--epochs", "1", "--name", "s", "--no-tensorboard",
+                      "--no-plots", "--aug", "none")
+    args[args.index("test_resnet")] = "tu-test_resnet"
+    assert main(args) == 0
+    test = tmp_path / "test"
+    test.mkdir()
+    for i in range(4):
+        shutil.copy(data / "images" / f"{i:05d}.png", test / f"t{i}.png")
+    bad = _truncate(test / "t2.png")
+    out = tmp_path / "masks"
+    assert predict_main(["--checkpoint", str(tmp_path / "runs" / "s"), str(test), "--out", str(out),
+                         "--submission", "--device", "cpu", "--workers", "0"]) == 0
+    rows = _rows(out / "submission.csv")
+    assert rows[0] == ["ImageId", "ClassId", "EncodedPixels"] and len(rows) == 1 + 4 * 4  # 4 shape classes each
+    assert [r[2] for r in rows[1:] if r[0] == "t2"] == ["", "", "", ""]
+    assert sorted(p.name for p in out.glob("*.png")) == ["t0.png", "t1.png", "t3.png"]
+    assert (out / "bad_images.txt").read_text().split("\t")[0] == bad
+    assert f"1 of 4 inputs are unreadable ({bad})" in capsys.readouterr().err

@@ -5,7 +5,8 @@ CSVs), :mod:`.shapes` (the built-in procedural data), :mod:`.split` (train/val f
 :mod:`.loader` (transformed datasets and DataLoaders), :mod:`.inputs` (what to predict).
 """
 from .folds import fold_indices, make_folds, read_folds_csv, write_folds_csv
-from .guard import BAD_IMAGES, REPORT, ReadGuard, read_report, source_path
+from .guard import (BAD_IMAGES, REPORT, ReadGuard, name_files, read_error, read_report, settle_unreadable_inputs,
+                    source_path, too_many_bad, too_many_error)
 from .images import DEFAULT_DATA_CONFIG, IMAGE_EXTENSIONS, fit_channel_stats, is_image_file, load_image
 from .inputs import collect_inputs
 from .loader import ImageList, TransformedDataset, build_loader
@@ -18,5 +19,6 @@ __all__ = [
     "IMAGE_EXTENSIONS", "DEFAULT_DATA_CONFIG", "is_image_file", "load_image", "fit_channel_stats", "collect_inputs", "ImageList",
     "TransformedDataset", "build_loader", "SHAPE_CLASSES", "ShapesSource", "draw_shape", "write_shapes",
     "CsvSource", "FolderSource", "Subset", "match_image_ids", "read_csv_rows", "csv_column", "DataSplit", "build_sources", "sample_ids",
-    "stratified_split", "make_folds", "read_folds_csv", "write_folds_csv", "fold_indices", "BAD_IMAGES", "REPORT", "ReadGuard", "read_report", "source_path", "EpochSampler", "sample_seed",
+    "stratified_split", "make_folds", "read_folds_csv", "write_folds_csv", "fold_indices", "BAD_IMAGES", "REPORT", "ReadGuard", "read_report", "source_path",
+    "too_many_bad", "too_many_error", "name_files", "settle_unreadable_inputs", "read_error", "EpochSampler", "sample_seed",
 ]

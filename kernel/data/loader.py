@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..registry import ConfigError
-from .guard import ReadGuard
+from .guard import ReadGuard, read_error
 from .images import load_image
 from .sampler import sample_seed
 
@@ -66,7 +66,12 @@ class TransformedDataset(Dataset):
 
 
 class ImageList(Dataset):
-    """Items ``(image (C, S, S) normalized, index)`` for prediction: files read with :func:`load_image`."""
+    """Items ``(image (C, S, S) normalized, index, error)`` for prediction: files read with :func:`load_image`.
+
+    An unreadable file does not raise (one bad test image must not cost the other predictions): its item
+    holds a blank image and ``error`` says why (``""`` when the file was read), so the caller gives it a
+    fallback prediction and names it.
+    """
 
     def __init__(self, paths: Sequence[str], transform: Callable, in_chans: int):
         self.paths, self.transform, self.in_chans = list(paths), transform, in_chans
@@ -74,12 +79,14 @@ class ImageList(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int, str]:
         try:
             image = load_image(self.paths[i], self.in_chans)
-        except Exception as e:  # name the file; the loader's traceback would not
-            raise ConfigError(f"inputs: cannot read image {self.paths[i]!r} ({type(e).__name__}: {e})") from None
-        return self.transform(image, None)[0], i
+        except Exception as e:  # any read failure, as in training (see guard.ReadGuard)
+            # a blank image through the same transform: a tensor of the batch's shape, whose output is discarded
+            blank = np.zeros((8, 8, self.in_chans), dtype=np.uint8)
+            return self.transform(blank, None)[0], i, read_error(e)
+        return self.transform(image, None)[0], i, ""
 
 
 def build_loader(dataset: Dataset, *, batch_size: int, workers: int, device: torch.device,

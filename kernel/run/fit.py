@@ -14,11 +14,10 @@ from typing import Any, Dict
 import torch
 
 from .. import __version__
-from ..data import REPORT, read_report
+from ..data import REPORT, name_files, read_report, too_many_bad, too_many_error
 from ..engine import TrainingDiverged, amp_name, evaluate, train_one_epoch
 from ..engine.distributed import wrap_ddp, world
 from ..models import set_backbone_frozen, train_mode
-from ..registry import ConfigError
 from ..report import EpochReporter, Progress, write_json
 from ..tasks import monitor_mode
 from .budget import StopControl
@@ -121,16 +120,18 @@ def fit(p: Prepared, state: FitState, reporter: EpochReporter, control: StopCont
 
 
 def _check_bad_images(p: Prepared, epoch: int) -> None:
-    """Say how many unreadable images were replaced so far, and stop when they exceed the limit."""
-    bad = read_report(p.run_dir / REPORT)
+    """Say how many unreadable images were replaced so far, and stop when they are too many: the guard's rule
+    (:func:`~kernel.data.too_many_bad`) over the run's training and validation images, now that every
+    process and worker has read its share of both."""
+    report = p.run_dir / REPORT
+    bad = [path for path, _ in read_report(report)]
     if not bad:
         return
-    total = len(p.split.train) + len(p.split.val)
-    log.info("epoch %d: %d unreadable image%s replaced so far (listed in %s)", epoch, len(bad),
-             "" if len(bad) == 1 else "s", p.run_dir / REPORT)
-    if len(bad) > p.opts.bad_images_limit * total:
-        raise ConfigError(f"--data: {len(bad)} of {total} images are unreadable, more than --bad-images-limit "
-                          f"{p.opts.bad_images_limit:g}; the data is broken, not one file: check it with --check-data")
+    total, o = len(p.split.train) + len(p.split.val), p.opts
+    if too_many_bad(len(bad), total, o.bad_images_limit, o.bad_images_floor):
+        raise too_many_error("--data", bad, total, o.bad_images_limit, o.bad_images_floor, str(report))
+    log.info("epoch %d: %d unreadable image%s replaced so far (%s; listed in %s)", epoch, len(bad),
+             "" if len(bad) == 1 else "s", name_files(bad), report)
 
 
 def finish(p: Prepared, state: FitState, wall_time: float) -> Dict[str, Any]:

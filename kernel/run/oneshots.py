@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from ..augment import save_aug_grid, seed_worker
-from ..data import REPORT, ReadGuard, TransformedDataset, build_loader, read_report
+from ..data import REPORT, ReadGuard, TransformedDataset, build_loader, name_files, read_report, too_many_bad
 from ..engine import make_scaler, resolve_amp_dtype, resolve_device
 from ..options import Options
 from ..report import summary_table
@@ -79,22 +79,30 @@ class _ReadOnly:
 
 
 def _check_data(opts: Options) -> Dict[str, Any]:
-    """Read every training and validation file once (with the DataLoader workers); report the unreadable ones."""
+    """Read every training and validation file once (with the DataLoader workers); report the unreadable ones
+    and whether a training run would go on (replacing them) or stop: the run's rule, over the same images."""
     task = get_task(opts.task)
     split = prepare_data(opts, task)
     run_dir = run_dir_of(opts)
     report = run_dir / REPORT
     run_dir.mkdir(parents=True, exist_ok=True)
     report.unlink(missing_ok=True)  # this check's findings only
-    guard = ReadGuard("skip", str(report), limit=1.0, what="--check-data")
+    total = len(split.train) + len(split.val)
+    # Nothing is trained: a bad file is recorded, not replaced, and the check never stops half-way.
+    guard = ReadGuard("skip", str(report), limit=1.0, what="--check-data", total=total, replace=False)
     for source in (split.train, split.val):
         loader = build_loader(_ReadOnly(source, guard), batch_size=64, workers=opts.workers,
                               device=resolve_device("cpu"), worker_init_fn=seed_worker, persistent=False)
         for _ in loader:
             pass
-    bad, total = read_report(report), len(split.train) + len(split.val)
+    bad = [path for path, _ in read_report(report)]
     if bad:
-        print(f"{len(bad)} of {total} images are unreadable; listed in {report}")
+        stops = too_many_bad(len(bad), total, opts.bad_images_limit, opts.bad_images_floor)
+        verdict = (f"more than --bad-images-floor {opts.bad_images_floor} files and --bad-images-limit "
+                   f"{opts.bad_images_limit:g} of the images: a training run would stop" if stops else
+                   f"within --bad-images-floor {opts.bad_images_floor} files or --bad-images-limit "
+                   f"{opts.bad_images_limit:g} of the images: a training run would go on")
+        print(f"{len(bad)} of {total} images are unreadable ({name_files(bad)}), {verdict}; all are listed in {report}")
     else:
         report.unlink(missing_ok=True)
         print(f"all {total} images are readable")

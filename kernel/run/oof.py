@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import __version__
-from ..data import REPORT, build_loader, read_report, source_path
+from ..data import REPORT, build_loader, name_files, read_report, source_path
 from ..engine import load_trained, unwrap_model
 from ..report import read_json, write_csv, write_json
 from ..report.plots import plot_cv
@@ -46,7 +46,8 @@ def write_fold_oof(p: Prepared) -> Path:
     bad = {path for path, _ in read_report(p.run_dir / REPORT)}
     leave_out = {j for j in range(len(ids)) if source_path(p.split.val, j) in bad}
     if leave_out:
-        log.warning("fold %d: %d unreadable images left out of %s", plan.fold, len(leave_out), OOF)
+        log.warning("fold %d: %d unreadable images left out of %s (%s)", plan.fold, len(leave_out), OOF,
+                    name_files([source_path(p.split.val, j) for j in sorted(leave_out)]))
     header, rows = p.task.oof(model, loader, p.split, ids, plan.fold, p.device, p.amp_dtype,
                               run_root(o) / "oof_masks", leave_out)
     path = write_csv([header, *rows], p.run_dir / OOF)

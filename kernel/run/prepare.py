@@ -179,10 +179,12 @@ def prepare_model(opts: Options, task: Task, split: DataSplit) -> Tuple[nn.Modul
     return model, dcfg
 
 
-def read_guard(opts: Options) -> ReadGuard:
+def read_guard(opts: Options, total: int) -> ReadGuard:
     """How samples are read: unreadable files skipped or fatal, logged in the run folder's bad_images.txt.
-    One guard per dataset: its limit is a fraction of that dataset."""
-    return ReadGuard(opts.bad_images, str(run_dir_of(opts) / REPORT), opts.bad_images_limit, "--data")
+    One guard per dataset, each counting against the whole run's ``total`` images (training and validation),
+    as the epoch check does: where a bad file falls does not change the decision."""
+    return ReadGuard(opts.bad_images, str(run_dir_of(opts) / REPORT), opts.bad_images_limit, "--data",
+                     floor=opts.bad_images_floor, total=total)
 
 
 def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str, Any],
@@ -192,8 +194,10 @@ def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str,
     The order depends only on (seed, epoch) and each sample's augmentation on (seed, epoch, index), so
     the result is the same for any worker count, process count or resume point.
     """
+    total = len(split.train) + len(split.val)
+
     def dataset(source: Any, train: bool) -> TransformedDataset:
-        return TransformedDataset(source, task.transform(opts, dcfg, train=train), guard=read_guard(opts),
+        return TransformedDataset(source, task.transform(opts, dcfg, train=train), guard=read_guard(opts, total),
                                   mask_target=task.target(split), seed=opts.seed if train else None)
 
     w = world()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import AbstractSet, Any, Callable, Dict, List, Sequence, Tuple
+from typing import AbstractSet, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ...augment import build_transform
-from ...data import DataSplit, ImageList, build_loader, build_sources
+from ...data import DataSplit, ImageList, build_loader, build_sources, settle_unreadable_inputs
 from ...engine.amp import autocast, resolve_amp_dtype
 from ...models import create_model, list_models, resolve_data_config
 from ...report import plots
@@ -23,7 +23,7 @@ from ...registry import ConfigError
 from ..base import Task
 from .metrics import ClassifyMeter, accuracy, per_class_stats, write_per_class_csv
 from .oof import cv_accuracy, oof_table
-from .outputs import write_predictions_csv, write_submission
+from .outputs import class_prior, fallback_probs, unreadable_report, write_predictions_csv, write_submission
 from .pictures import plot_predictions, sample_indices
 
 __all__ = ["ClassifyTask", "ClassifyMeter", "accuracy", "per_class_stats", "predict_probs"]
@@ -106,18 +106,35 @@ class ClassifyTask(Task):
         if idx:
             safe("predictions.png", predictions, True)
 
+    def export_meta(self, split: DataSplit) -> Dict[str, Any]:
+        """Besides the split's facts: ``multilabel`` and the training prior (the fallback for unreadable inputs)."""
+        n = len(split.classes)
+        prior = class_prior(split.train, n, split.multilabel) if split.train is not None else [1.0 / n] * n
+        return {**split.meta, "multilabel": bool(split.multilabel), "prior": prior}
+
     def predict(self, trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
                 device: torch.device) -> Dict[str, Any]:
-        """predictions.csv (top-k per image) and, when ``popts['submission']`` names a file, the submission."""
+        """predictions.csv (top-k per image) and, when ``popts['submission']`` names a file, the submission.
+
+        An unreadable image gets the training prior as its probabilities, so every input has its row; it is
+        named in the log and listed in ``<out stem>_bad_images.txt``; too many of them stop before anything is
+        written (the training run's --bad-images-floor and --bad-images-limit)."""
         multilabel = bool(trained.meta.get("multilabel"))
-        probs = predict_probs(trained.model, trained.transform, [p for _, p in items], in_chans=trained.in_chans,
+        paths, bad = [p for _, p in items], {}
+        probs = predict_probs(trained.model, trained.transform, paths, in_chans=trained.in_chans,
                               multilabel=multilabel, device=device, batch_size=popts["batch_size"],
-                              workers=popts["workers"], amp=popts["amp"], tta=popts["tta"])
-        result: Dict[str, Any] = {"images": len(items), "predictions": write_predictions_csv(
-            [p for _, p in items], probs, trained.classes, popts["out"], popts["topk"])}
+                              workers=popts["workers"], amp=popts["amp"], tta=popts["tta"], bad=bad)
+        o = trained.options
+        settle_unreadable_inputs(paths, bad, unreadable_report(popts["out"]), limit_fraction=o["bad_images_limit"],
+                                 floor_files=o["bad_images_floor"],
+                                 fallback="the training prior (the class frequencies of the training images)")
+        if bad:
+            probs[sorted(bad)] = fallback_probs(trained.meta, len(trained.classes))
+        result: Dict[str, Any] = {"images": len(items), "unreadable": [paths[i] for i in sorted(bad)],
+                                  "predictions": write_predictions_csv(paths, probs, trained.classes, popts["out"],
+                                                                       popts["topk"])}
         log.info("predicted %d images%s -> %s", len(items), " (flip TTA)" if popts["tta"] else "", popts["out"])
         if popts["submission"]:
-            o = trained.options
             result["submission"] = write_submission(
                 [i for i, _ in items], probs, trained.classes, popts["submission"],
                 id_col=popts["id_col"] or o.get("image_col") or "id",
@@ -140,14 +157,23 @@ class ClassifyTask(Task):
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, transform: Callable, paths: Sequence[str], *, in_chans: int, multilabel: bool,
-                  device: torch.device, batch_size: int, workers: int, amp: bool, tta: bool) -> torch.Tensor:
-    """Probabilities (N, C) for ``paths``: softmax, or sigmoid for multi-label; ``tta`` averages a flip."""
+                  device: torch.device, batch_size: int, workers: int, amp: bool, tta: bool,
+                  bad: Optional[Dict[int, str]] = None) -> torch.Tensor:
+    """Probabilities (N, C) for ``paths``: softmax, or sigmoid for multi-label; ``tta`` averages a flip.
+
+    An image that cannot be read stops with one line naming it, unless ``bad`` is given: then it is recorded
+    there (index -> why) and its row, the model's output on a blank image, is the caller's to replace."""
     dtype = resolve_amp_dtype(device, amp)
     loader = build_loader(ImageList(paths, transform, in_chans), batch_size=batch_size,
                           workers=workers, device=device, persistent=False)  # one pass: no workers kept
     act = torch.sigmoid if multilabel else (lambda z: z.softmax(dim=1))
     out = []
-    for images, _ in loader:
+    for images, index, errors in loader:
+        for i, error in zip(index.tolist(), errors):
+            if error and bad is None:
+                raise ConfigError(f"inputs: cannot read image {paths[i]!r} ({error})")
+            if error:
+                bad[i] = error
         images = images.to(device, non_blocking=device.type == "cuda")
         with autocast(device, dtype):
             p = act(model(images).float())

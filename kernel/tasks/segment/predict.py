@@ -8,21 +8,23 @@ before the argmax (multiclass) or the threshold (binary, multilabel). Outputs in
   multilabel models write one 0/1 mask per class, ``<stem>_<class>.png``;
 * ``submission.csv`` (``--submission``): Kaggle RLE, a row per image (``id,rle_mask``, binary) or per image
   and class (``ImageId,ClassId,EncodedPixels``); a ``--sample-submission`` gives the columns and row order
-  (:mod:`.submission`, checked before the first mask is written).
+  (:mod:`.submission`, checked before the first mask is written);
+* ``bad_images.txt``: the inputs that could not be read. Each keeps its submission rows with the fallback
+  prediction, an all-background (empty) mask, but gets no mask file: its size is unknown.
 """
 from __future__ import annotations
 
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...data import ImageList, build_loader
+from ...data import REPORT, ImageList, build_loader, settle_unreadable_inputs
 from ...engine.amp import autocast, resolve_amp_dtype
 from ...report.files import write_csv
 from .masks import palette, write_mask_png
@@ -36,18 +38,26 @@ log = logging.getLogger("kernel")
 
 @torch.no_grad()
 def predict_logits(trained: Any, paths: Sequence[str], *, device: torch.device, batch_size: int, workers: int,
-                   amp: bool, tta: bool) -> Iterator[Tuple[int, torch.Tensor]]:
-    """(index, logits (C, H0, W0) float32 on the CPU) per image, at the image's own size H0 x W0."""
+                   amp: bool, tta: bool, bad: Optional[Dict[int, str]] = None) -> Iterator[Tuple[int, torch.Tensor]]:
+    """(index, logits (C, H0, W0) float32 on the CPU) per image, at the image's own size H0 x W0.
+
+    An image that cannot be read stops with one line naming it, unless ``bad`` is given: then it is recorded
+    there (index -> why) and yields nothing."""
     dtype = resolve_amp_dtype(device, amp)
     loader = build_loader(ImageList(paths, trained.transform, trained.in_chans), batch_size=batch_size,
                           workers=workers, device=device, persistent=False)
-    for images, index in loader:
+    for images, index, errors in loader:
         images = images.to(device, non_blocking=device.type == "cuda")
         with autocast(device, dtype):
             logits = trained.model(images).float()
             if tta:  # horizontal flip: the flipped image's logits, flipped back, averaged with the plain ones
                 logits = (logits + trained.model(images.flip(3)).float().flip(3)) / 2
-        for k, i in enumerate(index.tolist()):
+        for k, (i, error) in enumerate(zip(index.tolist(), errors)):
+            if error and bad is None:
+                raise ConfigError(f"inputs: cannot read image {paths[i]!r} ({error})")
+            if error:
+                bad[i] = error
+                continue
             with Image.open(paths[i]) as img:
                 w0, h0 = img.size
             yield i, F.interpolate(logits[k:k + 1], size=(h0, w0), mode="bilinear", align_corners=False)[0].cpu()
@@ -111,8 +121,9 @@ def predict_masks(trained: Any, items: List[Tuple[str, str]], popts: Dict[str, A
     plan = plan_submission([ident for ident, _ in items], fg, popts, trained.options,
                            per_class=mode != "binary") if popts["submission"] else None
     rles: Dict[int, List[str]] = {}  # image index -> RLE per foreground class (fg's order)
-    for i, logits in predict_logits(trained, [p for _, p in items], device=device, batch_size=popts["batch_size"],
-                                    workers=popts["workers"], amp=popts["amp"], tta=popts["tta"]):
+    paths, bad = [p for _, p in items], {}
+    for i, logits in predict_logits(trained, paths, device=device, batch_size=popts["batch_size"],
+                                    workers=popts["workers"], amp=popts["amp"], tta=popts["tta"], bad=bad):
         masks = logits_to_masks(logits, mode, popts["threshold"])
         if mode == "multilabel":
             masks = np.stack([remove_small_regions(m.astype(np.uint8), popts["min_area"]) for m in masks])
@@ -121,8 +132,13 @@ def predict_masks(trained: Any, items: List[Tuple[str, str]], popts: Dict[str, A
             masks = remove_small_regions(masks, popts["min_area"])
             rles[i] = [rle_encode(masks == k + 1, order) for k in range(len(fg))]
         write_masks(masks, out, Path(items[i][1]).stem, mode, classes, pal)
-    log.info("predicted %d masks%s -> %s", len(items), " (flip TTA)" if popts["tta"] else "", out)
-    result: Dict[str, Any] = {"images": len(items), "masks": str(out)}
+    settle_unreadable_inputs(paths, bad, out / REPORT, limit_fraction=trained.options["bad_images_limit"],
+                             floor_files=trained.options["bad_images_floor"],
+                             fallback="an all-background mask in the submission (and no mask file)")
+    for i in bad:  # the fallback: nothing found, an empty run-length code for every class
+        rles[i] = [""] * len(fg)
+    log.info("predicted %d masks%s -> %s", len(items) - len(bad), " (flip TTA)" if popts["tta"] else "", out)
+    result: Dict[str, Any] = {"images": len(items), "masks": str(out), "unreadable": [paths[i] for i in sorted(bad)]}
     if plan is not None:
         result["submission"] = write_csv(plan.table(rles), popts["submission"])
         log.info("wrote %s", popts["submission"])
