@@ -99,7 +99,8 @@ def test_best_pt_holds_what_prediction_needs_not_the_training_state(tmp_path, ca
     assert all(best[k] is None for k in ("optimizer", "schedule", "scaler", "rng", "rng_ranks"))
     assert last["optimizer"] is not None and last["rng"] is not None
     assert best["classes"] == last["classes"] and best["options"] == last["options"]
-    assert best["epoch"] == best["best_epoch"] == last["best_epoch"] and best["history"] == last["history"][:best["epoch"]]
+    assert best["epoch"] == best["best_epoch"] == last["best_epoch"]
+    assert best["history"] == last["history"][:best["epoch"]]
     weights = _tensor_bytes(best["model"]) + _tensor_bytes(best["ema"])
     assert (run / "best.pt").stat().st_size < weights + 2**20 < (run / "last.pt").stat().st_size
     exported = load_file(run / "model.safetensors")  # prediction uses the EMA weights, as before

@@ -41,8 +41,8 @@ from .. import __version__
 from ..paths import atomic_write, load_tensors
 from ..registry import ConfigError
 
-__all__ = ["FORMAT", "TRAINING_STATE", "unwrap_model", "make_checkpoint", "prediction_checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-           "load_trained", "rng_state", "set_rng_state", "export_safetensors", "write_classes_json"]
+__all__ = ["FORMAT", "TRAINING_STATE", "unwrap_model", "make_checkpoint", "prediction_checkpoint", "save_checkpoint",
+           "load_checkpoint", "read_checkpoint", "load_trained", "rng_state", "set_rng_state", "export_safetensors", "write_classes_json"]
 
 FORMAT = 3
 _REQUIRED = ("model", "task", "classes", "meta", "options")

@@ -32,7 +32,8 @@ from .create import adapt_first_conv, list_pattern, read_weights
 from ..registry import ConfigError, Registry, closest, did_you_mean
 
 __all__ = ["SegArch", "SEG_ARCHS", "DEFAULT_ARCH", "PadToMultiple", "pad_amounts", "create_seg_model",
-           "list_seg_archs", "list_encoders", "list_seg_models", "resolve_encoder", "fit_backbone_state", "load_backbone_weights"]
+           "list_seg_archs", "list_encoders", "list_seg_models", "resolve_encoder", "fit_backbone_state",
+           "load_backbone_weights"]
 
 log = logging.getLogger(__name__)
 
