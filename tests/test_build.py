@@ -431,7 +431,7 @@ def test_kaggle_kfold_run_writes_oof_cv_and_an_ensembled_submission(tmp_path):
     assert len(oof) == 27 and sorted(r["fold"] for r in oof) == sorted(["0", "1", "2"] * 9)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["folds"] == 3 and summary["cv_metric_name"] == "cv_acc"
-    assert summary["cv_metric"] == pytest.approx(100 * sum(r["label"] == r["pred"] for r in oof) / 27)
+    assert summary["cv_metric"] == pytest.approx(sum(r["label"] == r["pred"] for r in oof) / 27)
     assert "ensemble of 3 folds (fold0, fold1, fold2)" in log
     rows = list(csv.reader(open(run / "submission.csv")))
     assert rows[0] == ["id", "label"] and len(rows) == 1 + 6

@@ -132,7 +132,7 @@ def test_oof_covers_every_image_once_and_matches_each_folds_best_pt(run, data):
     summary = json.loads((run / "summary.json").read_text())
     labels, preds = [r["label"] for r in oof], [r["pred"] for r in oof]
     assert summary["cv_metric_name"] == "cv_acc" and len(summary["fold_metrics"]) == 3
-    assert summary["cv_metric"] == pytest.approx(100 * accuracy_score(labels, preds), abs=1e-9)
+    assert summary["cv_metric"] == pytest.approx(accuracy_score(labels, preds), abs=1e-9)  # a fraction, as sklearn's
     probs = np.array([[float(r[c]) for c in CLASSES] for r in oof])
     assert [CLASSES[i] for i in probs.argmax(1)] == preds
     assert (run / "cv.png").stat().st_size > 0

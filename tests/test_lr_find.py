@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 import random
@@ -17,7 +18,8 @@ from kernel.engine import create_optimizer
 from kernel.registry import ConfigError
 from kernel.config import parse_options
 from kernel.run import effective_options, prepare
-from kernel.run.lr_find import find_lr, lr_schedule, plot_lr_find, smooth, suggest_lr
+from kernel.run.lr_find import (BOTTOM_MARGIN, centred_mean, find_lr, lr_schedule, plot_lr_find, plot_ylim, smooth,
+                                 suggest_lr)
 from kernel.train import main
 
 from conftest import small_args
@@ -56,47 +58,102 @@ def test_smooth_matches_a_hand_worked_example():
         smooth([1.0], beta=1.0)
 
 
-def _sigmoid_drop(x0: float = -3.0, width: float = 0.3, n: int = 100):
-    """Loss 2 - 1.5 * sigmoid((log10 lr - x0) / width) plus a divergence far right; steepest at log10 lr = x0."""
-    lrs = np.geomspace(1e-6, 1.0, n)
-    x = np.log10(lrs)
-    loss = 2.0 - 1.5 / (1.0 + np.exp(-(x - x0) / width)) + 0.01 * np.exp(6.0 * (x + 0.5))
-    return lrs, loss
+def test_centred_mean_is_hand_checked():
+    np.testing.assert_allclose(centred_mean([1.0, 2.0, 3.0, 10.0], 1), [1.0, 2.0, 5.0, 10.0])  # ends: the values
+    np.testing.assert_allclose(centred_mean([1.0, 2.0, 3.0, 4.0, 20.0], 2), [1.0, 2.0, 6.0, 9.0, 20.0])
+    np.testing.assert_allclose(centred_mean([4.0, 1.0, 7.0], 0), [4.0, 1.0, 7.0])
+    line = np.linspace(3.0, 1.0, 30)
+    np.testing.assert_allclose(centred_mean(line, 4), line)  # no lag: a straight line stays where it is
 
 
-def test_suggestion_lands_on_the_steepest_point_of_a_sigmoid_drop():
-    lrs, loss = _sigmoid_drop(x0=-3.0)  # -3 lies halfway between two grid points (step 6/99 decades)
-    s = suggest_lr(lrs, loss)
-    assert abs(math.log10(s) - (-3.0)) <= 6 / 99 / 2 + 1e-9  # the nearest grid point to the true steepest LR
-    lrs, loss = _sigmoid_drop(x0=-4.2)
-    assert abs(math.log10(suggest_lr(lrs, loss)) - (-4.2)) <= 6 / 99 / 2 + 1e-9
-    assert lrs[0] <= s <= lrs[-1]
+GRID = np.geomspace(1e-6, 1.0, 100)  # 100 LRs, 6/99 decades apart
+STEP = 6 / 99
 
 
-def test_suggestion_ignores_points_after_the_minimum_and_the_first_ones():
+def _descent(x_top: float, x_bottom: float, top: float = 2.0, bottom: float = 0.5, floor: float = 0.5,
+             rise: float = 10.0):
+    """Flat at ``top`` up to log10 lr = x_top, linear down to ``bottom`` at x_bottom, flat for ``floor`` decades,
+    then a steep rise (divergence)."""
+    x = np.log10(GRID)
+    fall = top + (bottom - top) * np.clip((x - x_top) / (x_bottom - x_top), 0.0, 1.0)
+    return np.where(x <= x_bottom + floor, fall, bottom + rise * (x - x_bottom - floor) ** 2)
+
+
+def test_suggestion_lies_two_thirds_down_a_known_descent():
+    s = suggest_lr(GRID, _descent(-5.0, -2.0))
+    # 2.0 -> 0.5 over 3 decades: 2/3 of the way down (loss 1.0) is at log10 lr = -3, the first grid point at or
+    # past it within a step; the bottom (on the floor at -2 .. -1.5) / 3 is higher.
+    assert s.usable and -3.0 <= math.log10(s.lr) <= -3.0 + STEP, s
+    assert -2.0 <= math.log10(GRID[s.bottom]) <= -1.5 and math.log10(GRID[s.top]) <= -5.0 + STEP
+    assert "guess" not in s.note and s.curve.shape == GRID.shape
+
+
+def test_suggestion_stays_a_factor_below_the_bottom_of_a_cliff():
+    s = suggest_lr(GRID, _descent(-3.0, -2.7, floor=0.0))  # the whole fall within 0.3 decades, then divergence
+    assert s.usable and abs(math.log10(GRID[s.bottom]) - (-2.7)) <= STEP
+    assert s.lr == pytest.approx(GRID[s.bottom] / BOTTOM_MARGIN, rel=1e-12)  # 2/3 down would be next to the bottom
+
+
+def test_suggestion_ignores_the_diverged_tail_and_the_first_points():
     lrs = np.geomspace(1e-5, 1.0, 60)
-    loss = np.r_[np.linspace(2.0, 1.0, 31),  # a gentle fall to the minimum at index 30 (-1/30 per point),
-                 np.linspace(1.0, 3.0, 16)[1:],  # a rise,
-                 np.linspace(3.0, 1.2, 11)[1:], np.full(4, 1.2)]  # a steep fall (-0.18 per point) above the minimum
-    slope = np.gradient(loss, np.log10(lrs))
-    assert loss.size == 60 and int(np.argmin(loss)) == 30 and loss[31:].min() > loss[30]
-    assert slope[46:55].min() < 3 * slope[10:30].min()  # the steepest point of the window [10, 55) is past the minimum
-    assert lrs[10] <= suggest_lr(lrs, loss) <= lrs[30]
+    loss = np.r_[np.linspace(2.0, 1.0, 31),  # a gentle fall to the minimum at index 30,
+                 np.linspace(1.0, 3.0, 16)[1:],  # a rise (divergence),
+                 np.linspace(3.0, 0.2, 11)[1:], np.full(4, 0.2)]  # and a deeper fall after it: not a descent to use
+    s = suggest_lr(lrs, loss)
+    assert s.usable and lrs[10] <= s.lr <= lrs[30] and s.bottom <= 31
+    # A NaN ends the curve: nothing after it counts, however low.
+    cut = np.r_[np.linspace(2.0, 1.0, 40), np.nan, np.full(19, 0.01)]
+    s = suggest_lr(lrs, cut)
+    assert s.curve.size == 40 and s.bottom < 40 and s.lr <= lrs[39]
     early = np.linspace(2.0, 1.0, 60)
-    early[:5] = [9.0, 6.0, 3.0, 2.1, 2.05]  # the steepest drop is in the skipped start
-    assert suggest_lr(lrs, early) >= lrs[10]
+    early[:5] = [9.0, 6.0, 3.0, 2.1, 2.05]  # the first points are noise around the start: skipped
+    s = suggest_lr(lrs, early)
+    assert s.start == 6 and s.top == 6 and s.lr >= lrs[10]
 
 
-def test_suggestion_fallbacks_are_hand_checked():
+def test_suggestion_on_a_noisy_descent_and_on_noise_alone():
+    rng = np.random.default_rng(0)
+    noise = 0.05 * rng.standard_normal(100)
+    s = suggest_lr(GRID, _descent(-4.0, -2.0, top=1.4, bottom=1.0, floor=0.0) + noise)  # a drop of 8 noise sigmas
+    assert s.usable and 10 ** -3.6 <= s.lr <= 10 ** -2.4, s
+    s = suggest_lr(GRID, 1.4 + noise)  # no descent, only noise: a guess, and it says so
+    assert not s.usable and "guess" in s.note and GRID[0] <= s.lr <= GRID[-1]
+
+
+def test_suggestion_without_a_descent_is_a_guess_in_the_ramp():
     lrs = np.geomspace(1e-3, 1e4, 8)  # one decade apart
-    rising = np.linspace(1.0, 2.0, 8)  # the minimum is the first point: no candidate -> lrs[0]/10 clipped
-    assert suggest_lr(lrs, rising) == lrs[0]
-    short = np.array([5.0, 4.0, 3.0, 2.0, 1.5, 1.0, 3.0, 9.0])  # 8 points < skip_start: lrs[5] / 10 = lrs[4]
-    assert suggest_lr(lrs, short) == pytest.approx(lrs[4], rel=1e-12)
-    assert suggest_lr(lrs, np.full(8, np.nan)) == lrs[0]
-    with_nan = np.r_[np.linspace(3.0, 1.0, 39), np.nan]  # diverged on the last step
-    s = suggest_lr(np.geomspace(1e-6, 1.0, 40), with_nan)
-    assert math.isfinite(s) and 1e-6 <= s <= 1.0
+    s = suggest_lr(lrs, np.linspace(1.0, 2.0, 8))  # rising from the start: lowest after the skip is lrs[1] ...
+    assert not s.usable and s.bottom == 1 and "does not fall" in s.note
+    assert s.lr == pytest.approx(lrs[1] / 10) and "starts to climb" in s.note  # ... and it climbs from lrs[1] on
+    flat = suggest_lr(GRID, np.full(100, 1.3))
+    assert not flat.usable and flat.lr == pytest.approx(GRID[flat.bottom] / 10) and "lowest loss" in flat.note
+    tiny = suggest_lr(GRID, 1.3 - 1e-6 * np.arange(100))  # falls, but by a millionth: numerically flat
+    assert not tiny.usable
+    for losses in (np.full(8, np.nan), np.r_[1.0, 0.5, np.full(6, np.inf)]):  # fewer than 3 finite losses
+        s = suggest_lr(lrs, losses)
+        assert not s.usable and s.lr == lrs[0] and "guess" in s.note
+    with pytest.raises(ValueError):
+        suggest_lr(lrs, np.ones(7))
+
+
+def test_the_20_step_shapes_curve_gets_a_trainable_guess_not_the_first_lr():
+    """The losses --find-lr --find-lr-steps 20 saw on shapes with resnet18 (the old rule said 1e-07): the minimum of
+    the running average was its first point. The fall at 2e-3..1e-2 is only three batches, so this is a guess: a
+    tenth of the LR at which the loss starts to climb (1.1e-2, the last point before 3e-2), where training works."""
+    lrs = lr_schedule(1e-7, 10.0, 20)
+    loss = [1.430, 1.464, 1.578, 1.502, 1.389, 1.472, 1.440, 1.486, 1.442, 1.488, 1.400, 1.317, 1.297, 1.703,
+            2.151, 2.026, 6.217, 3.256, 1.640, 8.983]
+    s = suggest_lr(lrs, loss)
+    assert s.lr == pytest.approx(lrs[12] / 10) and s.bottom == 11 and not s.usable, s
+    lo, hi = plot_ylim(loss, s.curve, s.bottom)
+    assert lo < 1.317 and 1.515 < hi < 1.8  # the lowest loss up to the bottom is 1.317; the spikes (to 9) are off the top
+
+
+def test_plot_ylim_is_hand_checked():
+    # lo: the lowest loss or curve value up to the bottom (1.0), hi: the highest curve value there (2.0)
+    assert plot_ylim([2.0, 1.8, 1.0, 9.0, 50.0], [2.0, 1.6, 1.2, 20.0, 50.0], 2) == pytest.approx((0.9, 2.5))
+    assert plot_ylim([1.0] * 4, [1.0] * 4, 3) == pytest.approx((0.995, 1.025))  # flat: 5 % of the value
+    assert plot_ylim([np.nan] * 3, [], 0) == (0.0, 1.0)
 
 
 # ---------------------------------------------------------------- find_lr on a tiny model
@@ -183,7 +240,8 @@ def test_find_lr_suggests_inside_the_ramp_and_restores_everything():
     np.testing.assert_allclose(res["lrs"], lr_schedule(1e-5, 1.0, 40))
     np.testing.assert_allclose(res["smoothed"], smooth(res["losses"], 0.98))
     assert math.isfinite(res["suggestion"]) and 1e-5 <= res["suggestion"] <= 1.0
-    assert res["suggestion"] == suggest_lr(res["lrs"], res["smoothed"])
+    s = suggest_lr(res["lrs"], res["losses"])
+    assert (res["suggestion"], res["usable"], res["note"], res["bottom"]) == (s.lr, s.usable, s.note, s.bottom)
     # During the ramp: train mode, the weights moved, the head got the ramp and the backbone 0.1 x it.
     assert all(spy.training) and spy.moved
     seen = np.array(spy.lrs)
@@ -197,12 +255,13 @@ def test_find_lr_suggests_inside_the_ramp_and_restores_everything():
 
 @pytest.mark.parametrize("diverged", [False, True])
 def test_plot_lr_find_writes_a_png(tmp_path, diverged):
-    lrs, loss = _sigmoid_drop()
+    lrs, loss = GRID, _descent(-5.0, -2.0)
     if diverged:
         loss = np.r_[loss[:80], np.inf]  # the step that stopped the ramp
         lrs = lrs[:81]
-    res = {"lrs": lrs, "losses": loss, "smoothed": smooth(loss, 0.98), "suggestion": suggest_lr(lrs, smooth(loss)),
-           "stopped_early": diverged, "steps": lrs.size}
+    s = suggest_lr(lrs, loss)
+    res = {"lrs": lrs, "losses": loss, "smoothed": smooth(loss, 0.98), "suggestion": s.lr, "usable": s.usable,
+           "curve": s.curve, "bottom": s.bottom, "stopped_early": diverged, "steps": lrs.size}
     path = plot_lr_find(res, tmp_path / "lr_find.png")
     data = (tmp_path / "lr_find.png").read_bytes()
     assert path == str(tmp_path / "lr_find.png") and data[:8] == PNG_SIGNATURE and len(data) > 10_000
@@ -282,18 +341,40 @@ def test_find_lr_refuses_bad_settings_before_touching_anything():
 # ---------------------------------------------------------------- --find-lr on shapes
 
 
-def test_find_lr_on_shapes_suggests_an_lr_that_learns(tmp_path, capsys):
-    """The one-shot command: a finite suggestion inside the ramp, the picture and nothing else; three epochs at
-    the suggested LR learn (4 balanced classes: chance is 25 %)."""
-    assert main(small_args(tmp_path, "--find-lr", "--name", "lrf")) == 0
+@pytest.mark.parametrize("steps", ["20", "100"])
+def test_find_lr_on_shapes_suggests_an_lr_that_learns(tmp_path, capsys, steps):
+    """The one-shot command on shapes: a suggestion above the ramp's first LR (the old rule answered 1e-07 on a
+    20-step ramp), the picture and nothing else; two epochs at the suggested LR bring the validation loss well
+    below chance (ln 4 for 4 balanced classes) and below the first epoch's."""
+    assert main(small_args(tmp_path, "--find-lr", "--find-lr-steps", steps, "--seed", "0", "--name", "lrf")) == 0
     printed = capsys.readouterr().out
     lr = float(re.search(r"suggested LR: (\S+) ", printed).group(1))
-    assert math.isfinite(lr) and 1e-7 <= lr <= 10.0, printed
+    assert 1e-5 <= lr <= 1.0, printed
     assert (tmp_path / "lrf" / "lr_find.png").read_bytes().startswith(PNG_SIGNATURE)
     assert [p.name for p in (tmp_path / "lrf").iterdir()] == ["lr_find.png"]  # no weights, no run
-    assert main(small_args(tmp_path, "--lr", str(lr), "--epochs", "3", "--name", "at", "--no-tensorboard",
-                           "--no-plots")) == 0
-    assert json.loads((tmp_path / "at" / "summary.json").read_text())["best_metric"] > 45.0
+    assert main(small_args(tmp_path, "--lr", str(lr), "--epochs", "2", "--seed", "0", "--aug", "none", "--name", "at",
+                           "--no-tensorboard", "--no-plots")) == 0
+    with open(tmp_path / "at" / "metrics.csv") as fh:
+        val_loss = [float(r["val_loss"]) for r in csv.DictReader(fh)]
+    assert val_loss[-1] < 0.8 * math.log(4) and val_loss[-1] < val_loss[0], (lr, val_loss)
+
+
+def test_find_lr_says_when_its_number_is_a_guess(tmp_path, capsys, monkeypatch):
+    """A curve without a clear descent: a warning, and the printed line still gives a number and calls it a guess."""
+    import kernel.run.oneshots as oneshots
+
+    lrs = lr_schedule(1e-7, 10.0, 30)
+    flat = np.full(30, 1.386)
+    s = suggest_lr(lrs, flat)
+    fake = {"lrs": lrs, "losses": flat, "smoothed": smooth(flat), "suggestion": s.lr, "usable": s.usable,
+            "note": s.note, "curve": s.curve, "bottom": s.bottom, "stopped_early": False, "steps": 30}
+    monkeypatch.setattr(oneshots, "find_lr", lambda *a, **k: fake)
+    assert main(small_args(tmp_path, "--find-lr", "--dry-run", "--name", "guess")) == 0
+    out = capsys.readouterr()
+    assert f"suggested LR: {s.lr:.3g} (" in out.out and "guess" in out.out, out.out
+    warning = [line for line in out.err.splitlines() if "--find-lr: the loss shows no clear descent" in line]
+    assert len(warning) == 1 and "is a guess" in warning[0], out.err
+    assert (tmp_path / "guess" / "lr_find.png").is_file()
 
 
 def test_find_lr_leaves_a_prepared_run_untouched(tmp_path):

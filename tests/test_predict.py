@@ -52,7 +52,7 @@ def test_predict_reproduces_training_accuracy_and_tta_sums_to_one(run, tmp_path)
     rows = _rows(out)
     assert rows[0] == ["path", "label", "prob", "label_2", "prob_2", "label_3", "prob_3", "label_4", "prob_4"]
     assert len(rows) == 49
-    acc = 100 * np.mean([Path(r[0]).parent.name == r[1] for r in rows[1:]])
+    acc = np.mean([Path(r[0]).parent.name == r[1] for r in rows[1:]])
     best = json.loads((run["run"] / "summary.json").read_text())["best_metric"]
     assert acc == pytest.approx(best, abs=1e-3)
     plain = _probs(rows)

@@ -258,7 +258,7 @@ def test_pictures_are_drawn_every_few_seconds_from_the_start_and_at_the_end(tmp_
     history = []
     for epoch, t, improved in [(1, 3.0, True), (2, 6.0, False), (3, 11.0, True), (4, 14.0, True)]:
         now[0] = t
-        history.append({"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.2 / epoch, "val_acc": 10.0 * epoch,
+        history.append({"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.2 / epoch, "val_acc": 0.1 * epoch,
                         "lr": 0.1})
         reporter.on_epoch_end(epoch, history, {}, improved=improved, best_epoch=epoch if improved else 1)
         assert (tmp_path / "curves.png").is_file() == (epoch >= 3), epoch  # first drawn 10 s in (epoch 3)

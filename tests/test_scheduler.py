@@ -403,7 +403,7 @@ def test_preview_writes_png_and_table_and_restores_the_schedule(name, kwargs, tm
         rows = preview_lr(schedule, opt, epochs=E, steps_per_epoch=S, path=tmp_path)
     png = tmp_path / "lr.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
-    assert [r[0] for r in rows] == list(range(E)) and all(len(r) == 3 for r in rows)
+    assert [r[0] for r in rows] == list(range(1, E + 1)) and all(len(r) == 3 for r in rows)
     table = format_lr_table(rows)
     assert table.splitlines()[0].split() == ["epoch", "lr_start", "lr_end"] and len(table.splitlines()) == E + 1
     assert schedule.get_last_lr() == before  # the real run starts from the beginning
@@ -413,5 +413,5 @@ def test_preview_writes_png_and_table_and_restores_the_schedule(name, kwargs, tm
     # The table's numbers are the LR of each epoch's first and last update in a real run.
     # Explicit per-element tolerances: pytest.approx does not compare nested sequences.
     for (epoch, start, end) in rows:
-        assert start == pytest.approx(ref[epoch * S], rel=1e-12, abs=1e-15), epoch
-        assert end == pytest.approx(ref[epoch * S + S - 1], rel=1e-12, abs=1e-15), epoch
+        assert start == pytest.approx(ref[(epoch - 1) * S], rel=1e-12, abs=1e-15), epoch  # epochs count from 1
+        assert end == pytest.approx(ref[(epoch - 1) * S + S - 1], rel=1e-12, abs=1e-15), epoch

@@ -119,8 +119,8 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | os
                             color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    acc = np.trace(cm) / max(cm.sum(), 1) * 100
-    ax.set_title(f"{title}  accuracy {acc:.2f}% ({int(np.trace(cm))}/{int(cm.sum())} {unit})".strip(), fontsize=10)
+    acc = np.trace(cm) / max(cm.sum(), 1)  # a fraction, as in metrics.csv
+    ax.set_title(f"{title}  accuracy {acc:.4f} ({int(np.trace(cm))}/{int(cm.sum())} {unit})".strip(), fontsize=10)
     return save_figure(fig, path)
 
 

@@ -1,9 +1,9 @@
 """The learning-rate range test (Smith 2015, fastai's ``lr_find``): ramp the LR, watch the loss, suggest one.
 
 :func:`find_lr` trains one batch per step while the LR grows exponentially from ``start_lr`` to
-``end_lr`` (:func:`lr_schedule`), smooths the losses (:func:`smooth`), stops once the smoothed loss
-has diverged, and suggests the LR where the smoothed loss falls fastest against log10(LR)
-(:func:`suggest_lr`). It is a look, not a training: the model's parameters and buffers (BatchNorm
+``end_lr`` (:func:`lr_schedule`), smooths the losses as it goes (:func:`smooth`), stops once that has
+diverged, and suggests an LR two thirds of the way down the descent of the loss, or says that the curve
+has no clear descent and its number is a guess (:func:`suggest_lr`). It is a look, not a training: the model's parameters and buffers (BatchNorm
 statistics included), their gradients and the modules' train/eval modes, the optimizer's state and
 param-group values, the GradScaler, the RNGs (torch CPU/CUDA, numpy, Python) and the loader's own
 generators are all put back as they were, also when a step raises. :func:`plot_lr_find` draws it.
@@ -14,7 +14,8 @@ import copy
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +25,8 @@ from ..engine import autocast, rng_state, set_rng_state
 from ..registry import ConfigError
 from ..report.plots import new_figure, save_figure
 
-__all__ = ["lr_schedule", "smooth", "suggest_lr", "find_lr", "plot_lr_find"]
+__all__ = ["lr_schedule", "smooth", "centred_mean", "Suggestion", "suggest_lr", "find_lr", "plot_ylim",
+           "plot_lr_find"]
 
 log = logging.getLogger("kernel")
 
@@ -63,42 +65,123 @@ def smooth(losses: Any, beta: float = 0.98) -> np.ndarray:
     return out
 
 
-def suggest_lr(lrs: Any, smoothed: Any, *, skip_start: int = 10, skip_end: int = 5) -> float:
-    """The LR where the smoothed loss falls fastest against log10(LR); always finite and within ``lrs``.
+def centred_mean(values: Any, half: int) -> np.ndarray:
+    """Mean over ``2 * half + 1`` neighbours centred on each point: float64 (N,), no lag (unlike :func:`smooth`).
 
-    ``lrs`` and ``smoothed``: float arrays (N,), LRs positive and increasing. With ``m`` the index of
-    the smallest finite smoothed loss, the candidates are the indices ``i`` with
-    ``skip_start <= i < N - skip_end`` and ``i <= m`` (the first points are noise around the start
-    value, the last ones and anything past the minimum are divergence). The slope at ``i`` is the
-    central difference over ``w = max(1, round(N / 20))`` points each side (indices clipped to the
-    curve), ``(y[i+w] - y[i-w]) / (log10 lr[i+w] - log10 lr[i-w])``: a tenth of the ramp, so a wiggle of
-    a few noisy batches does not decide (point-to-point slopes picked 6.4e-7, noise at the start, on
-    ``shapes`` with 100 steps where the loss falls around 1e-3). The suggestion is the candidate with
-    the most negative finite slope. Fallbacks: with no candidate or no finite slope, ``lrs[m] / 10``
-    (fastai's "minimum / 10" rule) clipped into ``[lrs[0], lrs[-1]]``; with no finite loss at all, ``lrs[0]``.
+    Near the ends the window shrinks symmetrically (point ``i`` averages ``i - k .. i + k`` with
+    ``k = min(half, i, N - 1 - i)``), so the ends are never pulled towards the middle.
+    """
+    y = np.asarray(values, dtype=np.float64).reshape(-1)
+    if half < 0:
+        raise ValueError(f"centred_mean: half={half!r} must be >= 0")
+    csum = np.concatenate([[0.0], np.cumsum(y)])
+    i = np.arange(y.size)
+    k = np.minimum(half, np.minimum(i, y.size - 1 - i))
+    return (csum[i + k + 1] - csum[i - k]) / (2 * k + 1)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """What :func:`suggest_lr` makes of a range test.
+
+    ``lr``: the suggested LR (always finite, within the ramp); ``usable``: the loss clearly descends
+    before it diverges (False: ``lr`` is a guess and ``note`` says why); ``note``: one line on how
+    ``lr`` was chosen; ``curve``: the centred smoothing the choice was made on (float64, the losses
+    up to the first non-finite one); ``start``, ``top``, ``bottom``: indices of the first point
+    considered, the top of the descent and its bottom (the end of the meaningful part of the curve).
+    """
+    lr: float
+    usable: bool
+    note: str
+    curve: np.ndarray
+    start: int
+    top: int
+    bottom: int
+
+
+SIGNIFICANCE = 4.5   # standard errors the descent must exceed to count (pure noise: 1 % of 100-point ramps pass 3.8)
+MIN_DROP = 0.01      # ... and a fraction of the starting loss (a numerically flat curve is no descent)
+DEPTH = 2 / 3        # how far down the descent (in loss) the suggestion lies
+BOTTOM_MARGIN = 3.0  # the suggestion stays this factor below the bottom's LR: past the bottom the loss blows up
+DIVERGED = 0.25      # the curve has diverged once it is this fraction above its starting level
+
+
+def suggest_lr(lrs: Any, losses: Any) -> Suggestion:
+    """A trainable LR from a range test's raw losses (fastai's "valley" idea, made robust to short, noisy ramps).
+
+    ``lrs`` and ``losses``: float arrays (N,), LRs positive and increasing; only the losses before the
+    first non-finite one count. The steps:
+
+    1. ``curve = centred_mean(losses, h)`` with ``h = max(1, N // 25)``: smoothing without the lag of
+       the running average, whose minimum lies past the real one (and, on a 20-step ramp, barely moves).
+    2. The first ``start = max(h, N // 10)`` points are skipped (noise around the starting value).
+       The curve is cut where it first climbs :data:`DIVERGED` above the median of the losses up to
+       ``start`` (the loss has diverged: a fall after that is no descent to train at) and before the
+       last ``h`` points (their windows are cut short); ``bottom`` is its minimum in between: the end
+       of the descent.
+    3. The descent is usable when the plateau (the mean of the first third of the losses up to
+       ``bottom``, at least ``2h + 1`` of them) lies :data:`SIGNIFICANCE` standard errors and
+       :data:`MIN_DROP` of its value above ``curve[bottom]``; the noise is the median absolute
+       residual around the curve (scaled to a standard deviation).
+    4. Usable: ``top`` is the curve's highest point in ``[start, bottom]``, and the suggestion is the
+       first LR at which the curve has come :data:`DEPTH` of the way down from ``curve[top]`` to
+       ``curve[bottom]``, and at most ``lrs[bottom] / BOTTOM_MARGIN``. Not usable: a guess, a tenth
+       of the LR where the loss starts to climb (the last point on or below the plateau's mean before
+       the curve first lies :data:`SIGNIFICANCE` standard errors above it), else of ``lrs[bottom]``
+       (fastai's "minimum / 10"); with fewer than 3 finite losses, ``lrs[0]``.
+    Every result is clipped into ``[lrs[0], lrs[-1]]``.
     """
     lrs = np.asarray(lrs, dtype=np.float64).reshape(-1)
-    y = np.asarray(smoothed, dtype=np.float64).reshape(-1)
-    if lrs.size == 0 or lrs.shape != y.shape:
-        raise ValueError(f"suggest_lr needs two arrays of the same non-zero length, got {lrs.shape} and {y.shape}")
+    raw = np.asarray(losses, dtype=np.float64).reshape(-1)
+    if lrs.size == 0 or lrs.shape != raw.shape:
+        raise ValueError(f"suggest_lr needs two arrays of the same non-zero length, got {lrs.shape} and {raw.shape}")
     if not (np.all(np.isfinite(lrs)) and np.all(lrs > 0)):
         raise ValueError("suggest_lr needs finite positive LRs")
-    finite = np.isfinite(y)
-    if not finite.any():
-        return float(lrs[0])
-    m = int(np.argmin(np.where(finite, y, np.inf)))
-    n = lrs.size
-    lo, hi = skip_start, min(n - skip_end, m + 1)
-    if n >= 2 and hi - lo >= 1:
-        w = max(1, int(round(n / 20)))
-        i = np.arange(lo, hi)
-        left, right = np.clip(i - w, 0, n - 1), np.clip(i + w, 0, n - 1)
-        x = np.log10(lrs)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            window = (y[right] - y[left]) / (x[right] - x[left])
-        if np.isfinite(window).any():
-            return float(lrs[lo + int(np.argmin(np.where(np.isfinite(window), window, np.inf)))])
-    return float(np.clip(lrs[m] / 10.0, lrs[0], lrs[-1]))
+    n = raw.size
+    finite = np.isfinite(raw)
+    k = n if finite.all() else int(np.argmin(finite))  # a NaN/inf loss: everything from there on is divergence
+    raw = raw[:k]
+
+    def clip(lr: float) -> float:
+        return float(np.clip(lr, lrs[0], lrs[-1]))
+
+    if k < 3:
+        return Suggestion(clip(lrs[0]), False, f"only {k} finite loss{'es' if k != 1 else ''}: the first LR, a guess",
+                          raw.copy(), 0, 0, max(k - 1, 0))
+    h = max(1, n // 25)
+    w = 2 * h + 1
+    curve = centred_mean(raw, h)
+    start = min(max(h, n // 10), k - 1)
+    stop = max(start + 1, k - h)  # full windows only: a shrunken one at the end is a lone noisy loss
+    base = float(np.median(raw[:start + 1]))
+    above = np.flatnonzero(curve[start:stop] > base + DIVERGED * abs(base))
+    if above.size:  # well above where it started: diverged, whatever comes later
+        stop = start + max(1, int(above[0]))
+    bottom = start + int(np.argmin(curve[start:stop]))
+    plateau = raw[:max(w, (bottom + 1) // 3)]
+    inner = np.arange(h, max(h, min(k - h, bottom + h + 1)))  # full windows only: the ends are the losses
+    resid = raw[inner] - curve[inner]
+    sigma = 1.4826 * float(np.median(np.abs(resid))) / math.sqrt(1.0 - 1.0 / w) if resid.size else 0.0
+    drop = float(plateau.mean()) - float(curve[bottom])
+    se = sigma * math.sqrt(1.0 / plateau.size + 1.0 / w)
+    usable = drop > MIN_DROP * abs(float(plateau.mean())) and drop >= SIGNIFICANCE * se
+    if not usable:
+        why = "the loss does not fall" if drop <= 0 else "the loss falls no more than its noise"
+        rise = np.flatnonzero(curve[bottom:k - h] > plateau.mean() + SIGNIFICANCE * se)
+        if rise.size:  # where the rate starts to hurt is known even when where it helps is not
+            flat = np.flatnonzero(curve[bottom:bottom + int(rise[0])] <= plateau.mean())
+            onset = bottom + (int(flat[-1]) if flat.size else 0)  # the last point still on the plateau
+            lr, where = float(lrs[onset]), "where the loss starts to climb"
+        else:
+            lr, where = float(lrs[bottom]), "at the lowest loss"
+        return Suggestion(clip(lr / 10.0), False, f"no clear descent, {why}: a guess, a tenth of the LR {where}",
+                          curve, start, bottom, bottom)
+    top = start + int(np.argmax(curve[start:bottom + 1]))
+    level = curve[top] - DEPTH * (curve[top] - curve[bottom])
+    at = top + int(np.argmax(curve[top:bottom + 1] <= level))
+    lr = min(float(lrs[at]), float(lrs[bottom]) / BOTTOM_MARGIN)
+    return Suggestion(clip(lr), True, f"{DEPTH:.0%} down the descent from {lrs[top]:.2g} to {lrs[bottom]:.2g}",
+                      curve, start, top, bottom)
 
 
 def _lr_mults(optimizer: torch.optim.Optimizer) -> List[float]:
@@ -234,7 +317,10 @@ def find_lr(model: nn.Module, loader: Any, loss_fn: Callable, optimizer: torch.o
     and ``channels_last`` mean what they mean to ``train_one_epoch``; give the run's own values.
 
     Returns ``lrs``, ``losses``, ``smoothed`` (float64 arrays (steps done,), ``lrs`` the nominal
-    ramped LR), ``suggestion`` (float, :func:`suggest_lr`), ``stopped_early`` (bool), ``steps`` (int, done).
+    ramped LR, ``smoothed`` the running average the stop rule watches), ``suggestion`` (float),
+    ``usable`` (bool: False when ``suggestion`` is a guess), ``note`` (str) and ``curve`` (the centred
+    smoothing, up to the first non-finite loss), all from :func:`suggest_lr`; ``bottom`` (int, the end of
+    the meaningful part), ``stopped_early`` (bool), ``steps`` (int, done).
     """
     ramp = lr_schedule(start_lr, end_lr, steps)
     if not (0.0 <= beta < 1.0):
@@ -265,35 +351,48 @@ def find_lr(model: nn.Module, loader: Any, loss_fn: Callable, optimizer: torch.o
         _restore(snap, optimizer, scaler)
     lrs = ramp[:len(losses)].copy()
     smoothed = smooth(losses, beta)
-    suggestion = suggest_lr(lrs, smoothed)
-    log.info("lr_find: %d steps from %.2e to %.2e%s, suggested LR %.2e", len(losses), lrs[0], lrs[-1],
-             " (stopped: the loss diverged)" if stopped else "", suggestion)
+    s = suggest_lr(lrs, losses)
+    log.info("lr_find: %d steps from %.2e to %.2e%s, suggested LR %.2e (%s)", len(losses), lrs[0], lrs[-1],
+             " (stopped: the loss diverged)" if stopped else "", s.lr, s.note)
     return {"lrs": lrs, "losses": np.asarray(losses, dtype=np.float64), "smoothed": smoothed,
-            "suggestion": suggestion, "stopped_early": stopped, "steps": len(losses)}
+            "suggestion": s.lr, "usable": s.usable, "note": s.note, "curve": s.curve, "bottom": s.bottom,
+            "stopped_early": stopped, "steps": len(losses)}
+
+
+def plot_ylim(losses: Any, curve: Any, bottom: int) -> Tuple[float, float]:
+    """The y-range of the LR plot: the losses and their smoothing up to ``bottom`` (the end of the descent).
+
+    ``lo``/``hi`` are the lowest finite loss or curve value and the highest curve value in
+    ``[0, bottom]``; the range is ``(lo - 0.1 * span, hi + 0.5 * span)`` with ``span = hi - lo``
+    (5 % of ``|lo|``, at least 1e-3, when the curve is flat), so a diverging tail runs off the top instead
+    of flattening the part that matters. ``(0, 1)`` when there is no finite value.
+    """
+    raw = np.asarray(losses, dtype=np.float64).reshape(-1)[:bottom + 1]
+    sm = np.asarray(curve, dtype=np.float64).reshape(-1)[:bottom + 1]
+    low = np.concatenate([raw[np.isfinite(raw)], sm[np.isfinite(sm)]])
+    high = sm[np.isfinite(sm)]
+    if not low.size:
+        return 0.0, 1.0
+    lo = float(low.min())
+    hi = float(high.max()) if high.size else float(low.max())
+    span = hi - lo if hi > lo else max(0.05 * abs(lo), 1e-3)
+    return lo - 0.1 * span, hi + 0.5 * span
 
 
 def plot_lr_find(result: Dict[str, Any], path: str | os.PathLike) -> str:
-    """Loss against LR (log axis) from :func:`find_lr`'s result: raw faint, smoothed bold, suggestion marked.
-
-    The y-axis spans the smoothed curve up to its minimum, so a diverging tail runs off the top
-    instead of flattening the part that matters. Writes a PNG atomically; returns the path.
-    """
-    lrs, raw, sm = (np.asarray(result[k], dtype=np.float64) for k in ("lrs", "losses", "smoothed"))
+    """Loss against LR (log axis) from :func:`find_lr`'s result: raw faint, the suggestion's smoothing bold,
+    the suggestion marked; the y-axis is :func:`plot_ylim`'s. Writes a PNG atomically; returns the path."""
+    lrs, raw = (np.asarray(result[k], dtype=np.float64) for k in ("lrs", "losses"))
+    curve = np.asarray(result["curve"], dtype=np.float64)
     sugg = float(result["suggestion"])
     fig = new_figure(7, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(lrs, raw, lw=1, alpha=0.3, color="C0", label="loss")
-    ax.plot(lrs, sm, lw=2.2, color="C0", label="smoothed")
-    finite = np.isfinite(sm)
-    if finite.any():
-        m = int(np.argmin(np.where(finite, sm, np.inf)))
-        head = raw[:m + 1][np.isfinite(raw[:m + 1])]  # raw losses dip below the smoothed minimum
-        lo = min(float(sm[m]), float(head.min()) if head.size else math.inf)
-        hi = float(np.max(sm[:m + 1][finite[:m + 1]]))
-        if hi > lo:
-            ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.5 * (hi - lo))
-        i = int(np.argmin(np.abs(np.log(lrs) - math.log(sugg))))
-        ax.plot([sugg], [sm[i]], "o", ms=9, color="#cf222e", zorder=5, label=f"suggestion {sugg:.2e}")
+    if curve.size:
+        ax.plot(lrs[:curve.size], curve, lw=2.2, color="C0", label="smoothed")
+        ax.set_ylim(*plot_ylim(raw, curve, int(result["bottom"])))
+        i = int(np.argmin(np.abs(np.log(lrs[:curve.size]) - math.log(sugg))))
+        ax.plot([sugg], [curve[i]], "o", ms=9, color="#cf222e", zorder=5, label=f"suggestion {sugg:.2e}")
     ax.axvline(sugg, color="#cf222e", ls="--", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
@@ -301,6 +400,7 @@ def plot_lr_find(result: Dict[str, Any], path: str | os.PathLike) -> str:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     stop = "; stopped early: the loss diverged" if result.get("stopped_early") else ""
-    ax.set_title(f"LR range test ({int(result.get('steps', lrs.size))} steps): suggested LR {sugg:.2e}{stop}",
+    guess = "" if result.get("usable", True) else " (a guess)"
+    ax.set_title(f"LR range test ({int(result.get('steps', lrs.size))} steps): suggested LR {sugg:.2e}{guess}{stop}",
                  fontsize=10)
     return save_figure(fig, path)

@@ -125,9 +125,12 @@ def _find_lr(opts: Options) -> Dict[str, Any]:
     result = find_lr(model, train_loader, loss_fn.to(device), optimizer, device=device, steps=opts.find_lr_steps, amp_dtype=amp_dtype,
                      scaler=make_scaler(device, amp_dtype), channels_last=opts.channels_last, clip_grad=opts.clip_grad)
     path = plot_lr_find(result, run_dir_of(opts) / "lr_find.png")
-    print(f"suggested LR: {result['suggestion']:.3g} (steepest descent of the smoothed loss; {result['steps']} steps"
+    if not result["usable"]:  # say so before the number: a guess must not pass for a measurement
+        log.warning("--find-lr: the loss shows no clear descent over %d steps; the LR below is a guess. Try more "
+                    "--find-lr-steps, a larger --batch-size, or check the data and --loss", result["steps"])
+    print(f"suggested LR: {result['suggestion']:.3g} ({result['note']}; {result['steps']} steps"
           f"{', stopped when the loss diverged' if result['stopped_early'] else ''}); plot: {path}")
-    return {"find_lr": result["suggestion"], "plot": path, "steps": result["steps"]}
+    return {"find_lr": result["suggestion"], "usable": result["usable"], "plot": path, "steps": result["steps"]}
 
 
 ONE_SHOTS: Dict[str, Callable[[Options], Dict[str, Any]]] = {

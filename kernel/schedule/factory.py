@@ -226,7 +226,8 @@ def preview_lr(schedule: LRSchedule, optimizer: Optimizer, *, epochs: int, steps
 
     Every update and epoch end is replayed (plateau sees a constant metric, i.e. the worst case);
     the schedule and the optimizer's LRs are restored afterwards. Returns one row per epoch:
-    (epoch, LR of its first update, LR of its last update), for the first param group.
+    (epoch, LR of its first update, LR of its last update), for the first param group; epochs are
+    numbered from 1, as the training log (``epoch 1/5``) and ``metrics.csv`` number them.
     """
     if optimizer is not schedule.optimizer:
         raise ValueError("preview_lr: optimizer is not the one the schedule was built for")
@@ -239,7 +240,7 @@ def preview_lr(schedule: LRSchedule, optimizer: Optimizer, *, epochs: int, steps
             for _ in range(steps_per_epoch):
                 history.append([float(g["lr"]) for g in optimizer.param_groups])
                 schedule.step_update()
-            rows.append((epoch, history[first][0], history[-1][0]))
+            rows.append((epoch + 1, history[first][0], history[-1][0]))
             schedule.step_epoch(0.0)
     finally:
         schedule.load_state_dict(snapshot)
@@ -279,7 +280,7 @@ def _plot(history: Sequence[Sequence[float]], steps_per_epoch: int, epochs: int,
 
 
 def format_lr_table(rows: Sequence[Tuple[int, float, float]]) -> str:
-    """The preview's rows as a fixed-width text table (epoch, LR at its start, LR at its end)."""
+    """The preview's rows as a fixed-width text table (epoch from 1, LR at its start, LR at its end)."""
     lines = [f"{'epoch':>5}  {'lr_start':>11}  {'lr_end':>11}"]
     lines += [f"{e:>5d}  {a:>11.4e}  {b:>11.4e}" for e, a, b in rows]
     return "\n".join(lines)

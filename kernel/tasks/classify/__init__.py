@@ -36,7 +36,7 @@ class ClassifyTask(Task):
     name = "classify"
     monitors = ("val_acc", "val_loss")
     columns = ("train_acc", "val_acc", "val_acc5")
-    metric_panel = ("accuracy (%)", [("train_acc", "train"), ("val_acc", "val"), ("val_acc5", "val top-5")])
+    metric_panel = ("accuracy", [("train_acc", "train"), ("val_acc", "val"), ("val_acc5", "val top-5")])
     default_out = "predictions.csv"
     stratify_folds = True
     cv_name = "cv_acc"
@@ -75,7 +75,7 @@ class ClassifyTask(Task):
         return {"train_acc": train["acc1"], "val_acc": val["acc1"], "val_acc5": val.get("acc5", "")}
 
     def describe(self, row: Dict[str, Any], part: str) -> str:
-        return f" acc {row[f'{part}_acc']:.2f}"
+        return f" acc {row[f'{part}_acc']:.4f}"
 
     def write_best(self, run_dir: Path, epoch: int, val: Dict[str, Any], split: DataSplit, val_dataset: Any,
                    dcfg: Dict[str, Any], safe: Callable[..., None]) -> None:

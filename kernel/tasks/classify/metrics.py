@@ -30,7 +30,7 @@ def accuracy(logits: torch.Tensor, target: torch.Tensor, k: int = 1) -> torch.Te
 
 
 class ClassifyMeter:
-    """Top-1 (and top-5 with more than 5 single-label classes) accuracy in % over a pass.
+    """Top-1 (and top-5 with more than 5 single-label classes) accuracy over a pass, a fraction in [0, 1].
 
     ``keep_outputs``: ``compute()`` also returns ``probs`` (N, C) (softmax, or sigmoid for
     multi-hot targets) and ``targets``, moved to the CPU once at the end; in a multi-process run
@@ -76,9 +76,9 @@ class ClassifyMeter:
 
     def compute(self) -> Dict[str, Any]:
         n = max(float(self._sums["seen"]), 1.0)
-        out: Dict[str, Any] = {"acc1": float(self._sums["correct1"]) / n * 100}
+        out: Dict[str, Any] = {"acc1": float(self._sums["correct1"]) / n}  # a fraction, as every metric here
         if self.num_classes > 5 and not self.multilabel:
-            out["acc5"] = float(self._sums["correct5"]) / n * 100
+            out["acc5"] = float(self._sums["correct5"]) / n
         if self.keep_outputs:
             out["probs"] = _cat(self.probs).cpu() if self.probs else torch.zeros(0, self.num_classes)
             out["targets"] = _cat(self.targets).cpu() if self.targets else torch.zeros(0, dtype=torch.long)

@@ -57,10 +57,10 @@ def oof_table(model: nn.Module, loader: Any, ids: Sequence[str], fold: int, clas
 
 
 def cv_accuracy(header: Sequence[str], rows: Sequence[Sequence[Any]], multilabel: bool) -> float:
-    """Top-1 accuracy in % over the OOF rows (multi-label: the whole label set right), as ``val_acc``."""
+    """Top-1 accuracy (a fraction in [0, 1]) over the OOF rows (multi-label: the whole label set right), as ``val_acc``."""
     li, pi = header.index("label"), header.index("pred")
     if not rows:
         return float("nan")
     same = (lambda a, b: sorted(a.split()) == sorted(b.split())) if multilabel else (lambda a, b: a == b)
     right = sum(same(str(r[li]), str(r[pi])) for r in rows)
-    return 100.0 * right / len(rows)
+    return right / len(rows)
