@@ -1,4 +1,9 @@
 """Data: odd image modes, ImageFolder and CSV sources (multi-label too), stratified splits."""
+import os
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,6 +14,8 @@ from torch.utils.data import TensorDataset
 from kernel.data import CsvSource, FolderSource, build_loader, build_sources, load_image, stratified_split
 from kernel.registry import ConfigError
 from kernel.data import SHAPE_CLASSES, ShapesSource
+
+from conftest import subprocess_env
 
 
 def _odd_images():
@@ -101,3 +108,42 @@ def test_a_loader_leaves_torchs_global_generator_alone(workers):
     for _ in range(2):
         assert [b[0].tolist() for b in loader] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
     assert torch.equal(torch.get_rng_state(), before)
+
+
+class _SignalledInWorkers(TensorDataset):
+    """Each item read by a DataLoader worker first sends that worker SIGTERM and SIGINT, as ``timeout`` or a
+    container's stop (SIGTERM) and Ctrl-C (SIGINT) signal every process of the run's group."""
+
+    def __getitem__(self, i):
+        if torch.utils.data.get_worker_info() is not None:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                os.kill(os.getpid(), signum)
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_loader_workers_leave_stop_signals_to_the_main_process(persistent):
+    """A worker that died of the signal would end the run ("DataLoader worker is killed by signal") before the
+    main process, which handles it, could save: the workers ignore SIGTERM and SIGINT, persistent or not."""
+    loader = build_loader(_SignalledInWorkers(torch.arange(8.0)), batch_size=2, workers=2,
+                          device=torch.device("cpu"), persistent=persistent)
+    for _ in range(2):  # a persistent loader's workers live on into the next epoch
+        assert [b[0].tolist() for b in loader] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]]
+
+
+AT_EXIT = """
+import torch
+from kernel.data import build_loader
+from torch.utils.data import TensorDataset
+loader = build_loader(TensorDataset(torch.arange(8.0)), batch_size=2, workers=2, device=torch.device("cpu"))
+batches = iter(loader)
+print(next(batches)[0].tolist())
+"""
+
+
+def test_persistent_workers_alive_at_exit_are_still_ended_by_their_process():
+    """At exit, multiprocessing ends the workers of a loader still in use with SIGTERM and waits for them: a worker
+    leaves other senders' SIGTERM to the main process, but its own main process's ends it (no hang at exit)."""
+    r = subprocess.run([sys.executable, "-c", AT_EXIT], env=subprocess_env(), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[0.0, 1.0]", r.stderr[-2000:]

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -81,11 +82,14 @@ def test_validation_numbers_equal_a_single_process_evaluation(two_procs):
     assert va["loss"] == pytest.approx(last["val_loss"], rel=1e-6) and va["acc1"] == pytest.approx(last["val_acc"])
 
 
-def _paused_together(proc: subprocess.Popen, n: int = 2):
+def _paused_together(proc: subprocess.Popen, n: int = 2, seen: Optional[list] = None):
     """The saves after which all ``n`` processes of ``proc``'s run (started with the ``pause`` test hook) have
-    paused, as (pids, epoch, batch); the caller lets them go on (SIGCONT) or ends the run there."""
+    paused, as (pids, epoch, batch); the caller lets them go on (SIGCONT) or ends the run there. ``seen`` collects
+    the lines of stderr read."""
     waiting: dict = {}
     for line in proc.stderr:
+        if seen is not None:
+            seen.append(line)
         at = paused_at(line)
         if at is not None:
             waiting.setdefault(at[1:], []).append(at[0])
@@ -127,6 +131,38 @@ def test_two_processes_killed_then_stopped_by_sigterm_resume_exactly(data, two_p
     assert r.returncode == 0 and f"at epoch 2, batch {signalled + 1}" in r.stderr, r.stderr[-3000:]
     a = torch.load(two_procs / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_sigterm_to_the_process_group_of_two_processes_with_workers_saves_and_resumes_exactly(data, two_procs,
+                                                                                               tmp_path):
+    """SIGTERM to the whole process group inside epoch 2, as `timeout` or SLURM send it: the launcher, both
+    processes and their 2 DataLoader workers each get it at once (and the launcher passes it on). The workers leave
+    it to their process; the processes save together after the next step, the stop is said once, and the run exits
+    143 without a traceback, each process by itself; resumed, it ends with the uninterrupted run's weights."""
+    cmd = _cmd(data, tmp_path, "grp", "--devices", "2", "--batch-size", "8", *SAME_MATHS, "--workers", "2",
+               "--resume", "auto")
+    proc = subprocess.Popen(cmd + ["--save-every", "3"], env=HOOKED, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen: list = []
+    signalled = 0
+    for pids, epoch, batch in _paused_together(proc, seen=seen):
+        if epoch == 2 and batch > 0 and not signalled:
+            os.killpg(proc.pid, signal.SIGTERM)
+            signalled = batch
+        for pid in pids:
+            go_on(pid)
+    stderr = "".join(seen)
+    assert proc.wait(timeout=300) == 143 and signalled, stderr[-3000:]
+    assert stderr.count("SIGTERM received") == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert "Terminating process" not in stderr, stderr[-3000:]  # each process left by itself, none was ended
+    position = torch.load(tmp_path / "grp" / "last.pt", weights_only=True)["position"]
+    assert (position["epoch"], position["batch"], len(position["partial"])) == (2, signalled + 1, 2), position
+    r = _run(cmd)
+    assert r.returncode == 0 and f"at epoch 2, batch {signalled + 1}" in r.stderr, r.stderr[-3000:]
+    a = torch.load(two_procs / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "grp" / "last.pt", weights_only=True)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import shutil
 import signal
@@ -61,19 +62,24 @@ HOOKED = subprocess_env(hooks=("ticks", "pause"))
 SAVE_OFTEN = ("--save-every", "3")
 
 
-def _signal_inside_epoch_2(cmd: list, signum: int, hooks: Tuple[str, ...] = ("ticks", "pause"),
+def _signal_inside_epoch_2(cmd: list, signum: int, hooks: Tuple[str, ...] = ("ticks", "pause"), group: bool = False,
                            **env: str) -> Tuple[subprocess.CompletedProcess, int]:
     """Run ``cmd`` (saving every few updates); paused after its first save inside epoch 2, after batch ``b``, it is
-    sent ``signum`` (pending until it goes on). Returns the finished run (its stderr) and ``b``."""
+    sent ``signum`` (pending until it goes on); with ``group``, every process of its process group is (its DataLoader
+    workers too, which are not paused), as ``timeout``, SLURM or a container's stop do. Returns the finished run (its
+    stderr) and ``b``."""
     proc = subprocess.Popen([*cmd, *SAVE_OFTEN], env=subprocess_env(hooks=hooks, **env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     seen, signalled = [], 0
     for line in proc.stderr:
         seen.append(line)
         at = paused_at(line)
         if at is not None:
             if at[1] == 2 and at[2] > 0 and not signalled:
-                proc.send_signal(signum)
+                if group:
+                    os.killpg(proc.pid, signum)
+                else:
+                    proc.send_signal(signum)
                 signalled = at[2]
             go_on(at[0])
     return subprocess.CompletedProcess(cmd, proc.wait(timeout=600), None, "".join(seen)), signalled
@@ -193,19 +199,32 @@ def test_time_limit_stops_cleanly_and_the_resumed_run_is_exact(data, uninterrupt
     _same_weights(uninterrupted, tmp_path / "tl" / "last.pt")
 
 
-def test_sigterm_saves_within_a_step_and_exits_143(data, uninterrupted, tmp_path):
-    """SIGTERM inside epoch 2 (sent while the run is paused after a save there, after batch b): the run finishes
-    the next step, saves last.pt after batch b + 1 and exits 143; resumed, it ends bit-identical."""
-    stop, signalled = _signal_inside_epoch_2(_cmd(data, tmp_path, "term"), signal.SIGTERM)
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigterm_to_the_process_group_saves_within_a_step_and_exits_143(data, uninterrupted, tmp_path, workers):
+    """SIGTERM to the run's whole process group inside epoch 2, as `timeout` sends it (while the run is paused after
+    a save there, after batch b; with 2 workers they get it at once): the workers leave it to the main process,
+    which finishes the next step, saves last.pt after batch b + 1, says so once and exits 143 without a traceback;
+    resumed, it ends bit-identical."""
+    stop, signalled = _signal_inside_epoch_2(_cmd(data, tmp_path, "term", workers), signal.SIGTERM, group=True)
     assert stop.returncode == 143 and signalled, stop.stderr[-2000:]
-    assert "SIGTERM received" in stop.stderr
+    assert stop.stderr.count("SIGTERM received") == 1 and "Traceback" not in stop.stderr, stop.stderr[-2000:]
     assert f"saved last.pt inside epoch 2 after batch {signalled + 1}" in stop.stderr
     position = torch.load(tmp_path / "term" / "last.pt", weights_only=True)["position"]
     assert (position["epoch"], position["batch"]) == (2, signalled + 1)
-    resumed = subprocess.run(_cmd(data, tmp_path, "term", "0", 3, "--resume", "auto"), env=ENV, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(_cmd(data, tmp_path, "term", workers, 3, "--resume", "auto"), env=ENV,
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and f"at epoch 2, batch {signalled + 1}" in resumed.stderr
     _same_weights(uninterrupted, tmp_path / "term" / "last.pt")
+
+
+def test_ctrl_c_to_the_process_group_with_workers_is_said_once_and_saves(data, tmp_path):
+    """Ctrl-C reaches every process of the terminal's group: with 2 workers the main process alone says so (once,
+    not once per process) and saves inside the epoch, then exits 130."""
+    stop, signalled = _signal_inside_epoch_2(_cmd(data, tmp_path, "int", "2"), signal.SIGINT, group=True)
+    assert stop.returncode == 130 and signalled, stop.stderr[-2000:]
+    assert stop.stderr.count("SIGINT received") == 1 and "Traceback" not in stop.stderr, stop.stderr[-2000:]
+    position = torch.load(tmp_path / "int" / "last.pt", weights_only=True)["position"]
+    assert (position["epoch"], position["batch"]) == (2, signalled + 1)
 
 
 @pytest.fixture(scope="module")

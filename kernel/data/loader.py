@@ -3,10 +3,20 @@
 A *source* yields raw samples ``(image (H, W, C) uint8, target, mask | None)``; a
 :class:`TransformedDataset` applies the augmentation callable and returns tensors. The transform is
 passed in, so this module does not depend on the augmentation backends.
+
+A loader's workers leave SIGTERM and SIGINT to the main process: ``timeout``, SLURM, a container's stop and
+Ctrl-C signal every process of the run, and a worker that died of it would end the run ("DataLoader worker is
+killed by signal") before the main process, which saves first, could stop it. The main process's own SIGTERM
+still ends a worker (its shutdown of stuck workers, multiprocessing's at exit).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -89,6 +99,52 @@ class ImageList(Dataset):
         return self.transform(image, None)[0], i, ""
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _leave_stop_signals(init_fn: Optional[Callable[[int], None]], worker_id: int) -> None:
+    """A worker's first step, then the loader's own ``worker_init_fn``: SIGINT is ignored (nothing sends it to a
+    worker alone); SIGTERM stays held for a thread that ends the worker when its main process sends it, as the
+    loader's shutdown and multiprocessing's at exit do (ignored, they would wait for it for ever), and leaves any
+    other sender's to the main process, which got its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops one that came while it was held
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # in every thread started from here on
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    threading.Thread(target=_exit_on_parents_sigterm, args=(os.getppid(),), name="sigterm", daemon=True).start()
+    if init_fn is not None:
+        init_fn(worker_id)
+
+
+def _exit_on_parents_sigterm(parent: int) -> None:
+    """Take each SIGTERM sent to this worker; exit at once (as torch's own handler does) when ``parent`` sent it."""
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold the stop signals in this thread while workers start: a forked worker inherits the mask, so a signal
+    sent before it ignores them cannot kill it; this process receives its own when they are released."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose workers leave the stop signals to the main process (see the module doc)."""
+
+    def __iter__(self) -> Any:
+        if self.num_workers == 0:
+            return super().__iter__()
+        # workers start here (persistent ones at the first iterator only), and the pin-memory thread on CUDA:
+        # it keeps them held, so they reach the main thread, which handles them
+        with _stop_signals_held():
+            return super().__iter__()
+
+
 def build_loader(dataset: Dataset, *, batch_size: int, workers: int, device: torch.device,
                  sampler: Optional[Sampler] = None, worker_init_fn: Optional[Callable] = None,
                  persistent: bool = True, seed: int = 0) -> DataLoader:
@@ -98,8 +154,9 @@ def build_loader(dataset: Dataset, *, batch_size: int, workers: int, device: tor
     The loader has its own generator (seeded with ``seed``) for its workers' base seed: without one, every
     new iterator takes a number from torch's global generator, so a resumed run (whose first iterator starts
     after the saved state is restored) would draw dropout and drop-path one number off the uninterrupted run.
+    Its workers leave SIGTERM and SIGINT to the main process (see the module doc), then run ``worker_init_fn``.
     """
-    return DataLoader(
+    return _Loader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-        persistent_workers=persistent and workers > 0, worker_init_fn=worker_init_fn,
+        persistent_workers=persistent and workers > 0, worker_init_fn=partial(_leave_stop_signals, worker_init_fn),
         generator=torch.Generator().manual_seed(seed))

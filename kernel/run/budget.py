@@ -15,7 +15,7 @@ import signal
 import time
 from typing import Any, Callable, Dict, Optional
 
-from ..engine.distributed import all_reduce_max
+from ..engine.distributed import all_reduce_max, world
 from ..paths import detect_platform
 from ..registry import ConfigError
 
@@ -71,15 +71,20 @@ def process_start() -> float:
 
 
 class StopSignals:
-    """SIGTERM and SIGINT set a flag instead of killing the run mid-step; a second SIGINT interrupts at once."""
+    """SIGTERM and SIGINT set a flag instead of killing the run mid-step; a second SIGINT interrupts at once.
+
+    The stop is said once, by the main process of the run: a signal sent to the whole process group reaches
+    every process (and a multi-process run's launcher passes SIGTERM on: a second copy)."""
 
     CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
         self._old: Dict[int, Any] = {}
+        self._say = True
 
     def __enter__(self) -> "StopSignals":
+        self._say = world().main
         try:
             for sig in self.CODES:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -90,8 +95,9 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt
+        if self._say and self.received is None:
+            log.warning("%s received: finishing this step, then saving last.pt", signal.Signals(signum).name)
         self.received = signum
-        log.warning("%s received: finishing this step, then saving last.pt", signal.Signals(signum).name)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():

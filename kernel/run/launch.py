@@ -11,16 +11,20 @@ is the failing process's one line and exit status, a bug its traceback, printed 
 the all-reduce self-test fails (NCCL between Kaggle's T4s), the run continues on one device.
 
 Signals: Ctrl-C reaches every process of the terminal's group by itself, so the parent ignores it; a SIGTERM
-sent to the parent alone (a container's stop) is passed on. Each child saves and exits as a single run does.
+sent to the parent alone (a container's stop) is passed on, and one sent to the whole group (``timeout``, SLURM)
+reaches each child twice, which is harmless. Each child saves and exits as a single run does; the parent waits
+for all of them to finish so (torch's join would end the others with SIGTERM as soon as the first exits 143).
 """
 from __future__ import annotations
 
 import logging
+import multiprocessing.connection
 import os
 import signal
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -30,11 +34,12 @@ import yaml
 from ..cli import one_line
 from ..config import options_to_dict
 from ..options import Options
-from .budget import process_start
+from .budget import StopSignals, process_start
 
 __all__ = ["devices_wanted", "auto_workers", "in_torchrun", "launch"]
 
 log = logging.getLogger("kernel")
+STOP_GRACE_S = 120.0  # how long the other processes may take to exit after one exited from a signal stop
 
 
 def devices_wanted(devices: Any, device: str) -> int:
@@ -91,11 +96,13 @@ def launch(opts: Options, n: int, entry: Callable[[Dict], int], single: Callable
             ctx = start_processes(_child, args=(config, n, _free_port(), process_start(), entry), nprocs=n,
                                   join=False, start_method="spawn")
             old[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda signum, frame: _pass_on(ctx, signum))
-            while not ctx.join():
+            while not _join(ctx):
                 pass
             return 0
-        except ProcessExitedException as e:  # a user error (the child printed its line) or a signal
-            return e.exit_code if e.exit_code and e.exit_code > 0 else 1
+        except ProcessExitedException as e:  # a user error (the child printed its line), a stop or a signal
+            if e.exit_code and e.exit_code < 0:  # killed by a signal: the status a shell would give
+                return 128 - e.exit_code
+            return e.exit_code or 1
         except ProcessRaisedException as e:
             text = str(e)
             if "SelfTestFailed" in text:
@@ -109,6 +116,20 @@ def launch(opts: Options, n: int, entry: Callable[[Dict], int], single: Callable
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+
+
+def _join(ctx: Any) -> bool:
+    """``ctx.join()`` (True once every process has exited, 0 each; a failure raises), except that a process's
+    exit after a signal stop (130, 143) first gives the others ``STOP_GRACE_S`` to finish theirs: they stopped at
+    the same step and leave together, and torch's join would end those still exiting with SIGTERM."""
+    running = [p.sentinel for p in ctx.processes if p.exitcode is None]
+    if running:
+        multiprocessing.connection.wait(running)
+    if any(p.exitcode in StopSignals.CODES.values() for p in ctx.processes):
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in ctx.processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+    return ctx.join()
 
 
 def _pass_on(ctx: Any, signum: int) -> None:
