@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Pack the ``kernel`` bundle for Kaggle: a code dataset and a one-file kernel, validated and pushed.
 
-``python build.py [--config run.yaml] [--out dist] [--owner NAME] [--push [--wait] [--until-done N]]`` writes::
+``python build.py (--config run.yaml | --demo) [--out dist] [--owner NAME] [--push [--wait] [--until-done N]]``
+writes::
 
     dist/kernel/train.py              one self-contained script: the run config baked in at the top,
                                       every module of kernel/ (and the user modules the config names)
@@ -9,7 +10,7 @@
     dist/kernel/kernel-metadata.json  from ./kernel-metadata.json: code_file, sources, GPU, internet
     dist/dataset/dataset-metadata.json
     dist/dataset/kernel/...           the package itself, importable from a notebook
-    dist/dataset/vendor/<package>/... pure-Python packages Kaggle's image lacks (imgaug)
+    dist/dataset/vendor/<package>/... pure-Python packages Kaggle's image lacks (imgaug, smp)
     dist/dataset/README.md
 
 Everything is checked before anything is written, with the same rules as the official ``kaggle``
@@ -39,8 +40,10 @@ PROJECT = Path(__file__).resolve().parent
 def _parser() -> OneLineParser:
     p = OneLineParser(prog="python build.py",
                       description="Pack the bundle into a Kaggle code dataset and a one-file kernel.")
-    p.add_argument("--config", type=Path, help="run config (YAML/JSON) to bake into train.py; "
-                   "an optional `kaggle:` section adds kernel-metadata fields such as dataset_sources")
+    p.add_argument("--config", type=Path, help="run config (YAML/JSON) to bake into train.py, required unless "
+                   "--demo; an optional `kaggle:` section adds kernel-metadata fields such as dataset_sources")
+    p.add_argument("--demo", action="store_true", help="pack without a config: the kernel trains the built-in "
+                   "shapes demo data")
     p.add_argument("--out", type=Path, default=Path("dist"), help="output folder (default: dist)")
     p.add_argument("--owner", help="your Kaggle username: replaces the owner in both ids (instead of editing "
                    "the templates)")
@@ -63,6 +66,17 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
+def _check_config_or_demo(config: Optional[Path], demo: bool) -> None:
+    """Without a config the packed kernel trains the built-in shapes data: only when asked for with --demo,
+    never by a forgotten --config."""
+    if config is None and not demo:
+        raise ConfigError("no --config: the kernel would train the built-in shapes demo data; write a run config "
+                          "(e.g. run.yaml with `data: my-dataset/train`, see the README's Kaggle section) and pass "
+                          "--config run.yaml, or pass --demo to pack the demo")
+    if config is not None and demo:
+        raise ConfigError(f"--demo packs the demo without a config, but --config {config} was given; drop one")
+
+
 def _errors(lines: Sequence[str]) -> int:
     for line in lines:
         print(f"build.py: error: {line}", file=sys.stderr)
@@ -80,6 +94,7 @@ def main(argv: Optional[Sequence[str]] = None, project: Path = PROJECT, sleep: C
         args = _parser().parse_args(argv)
         args.wait = args.wait or args.until_done is not None
         args.push = args.push or args.wait
+        _check_config_or_demo(args.config, args.demo)
         bundle = plan(args.config, project=project, owner=args.owner, vendor=not args.no_vendor)
         write(bundle, args.out, project)
     except BuildError as e:

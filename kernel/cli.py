@@ -62,11 +62,20 @@ def _type(f: dataclasses.Field) -> Callable[[str], Any]:
     return {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}.get(name, str)
 
 
+def _with_default(help_: str, default: Any, show: bool) -> str:
+    """``help_`` with ``(default: X)`` appended, unless it would say nothing or say it twice: an empty or
+    unset default (the help says what that means), or a help that already states its default."""
+    if not show or default is dataclasses.MISSING or default in ("", None, [], ()) or "default:" in help_:
+        return help_
+    return f"{help_} (default: {default!r})"
+
+
 def parser_from_dataclass(cls: type, prog: str, description: str, groups: Sequence[str]) -> OneLineParser:
     """An argparse parser with one flag per field of ``cls`` that has ``metadata['cli']`` true.
 
     Every default is SUPPRESS, so the caller can tell flags given on the command line from defaults
-    (a config file sits between the two); help texts show the dataclass default.
+    (a config file sits between the two); help texts show the dataclass default where it means something
+    (see :func:`_with_default`).
     """
     p = OneLineParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
     made = p.groups = {g: p.add_argument_group(g) for g in groups}
@@ -79,8 +88,7 @@ def parser_from_dataclass(cls: type, prog: str, description: str, groups: Sequen
             grp.add_argument(f.name, nargs="+", help=m["help"])
             continue
         flags = m.get("flags") or ("--" + f.name.replace("_", "-"),)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_ = f"{m['help']} (default: {default!r})" if m.get("show_default", True) else m["help"]
+        help_ = _with_default(m["help"], f.default, m.get("show_default", True))
         if f.type in ("bool", bool, "Optional[bool]"):
             grp.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
         else:

@@ -33,8 +33,8 @@ from .options import Options
 from .paths import remove_leftovers
 from .registry import ConfigError
 from .report import EpochReporter, attach_log_file, close_logging, read_json, setup_logging
-from .run import (ONE_SHOTS, as_asked, dry_run_reductions, effective_options, finish, fit, input_shape, prepare,
-                  requested, resume_state, seed_everything)
+from .run import (as_asked, dry_run_reductions, effective_options, finish, fit, input_shape, prepare, requested,
+                  resume_state, run_one_shot, seed_everything)
 from .run.budget import StopControl, StopSignals, process_start, resolve_durations
 from .run.checkpoints import carry_over, repair_best
 from .run.folder import resolve_run_folder
@@ -198,7 +198,7 @@ def _start(argv: Optional[Sequence[str]], baked: Optional[Dict[str, Any]]) -> in
     if shot is not None:
         eff = effective_options(opts)
         seed_everything(eff.seed, eff.deterministic)
-        return ONE_SHOTS[shot](eff).get("exit_code", 0)
+        return run_one_shot(shot, eff).get("exit_code", 0)
     n = devices_wanted(opts.devices, opts.device)
     if n > 1:
         resolve_durations(opts.time_limit, opts.save_every)  # a typo: one line here, not one per process

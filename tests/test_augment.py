@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from kernel.augment import backends as aug_backends, imgaug_compat, ops as aug_ops
 from kernel.augment.ops import IMGAUG_OPS, TORCHVISION_OPS
 from kernel.data import fit_channel_stats
-from kernel.augment import BACKENDS, PRESETS, augment_batch, build_transform, save_aug_grid, seed_worker
+from kernel.augment import (BACKENDS, PRESETS, aug_figure, aug_tile, augment_batch, build_transform, save_aug_grid,
+                            seed_worker)
 from kernel.registry import ConfigError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -405,3 +406,50 @@ def test_save_aug_grid(tmp_path):
     path = save_aug_grid(samples, MEAN, STD, tmp_path)  # a directory (Path): augmentations.png inside
     assert path.endswith("augmentations.png") and os.path.getsize(path) > 1000
     assert save_aug_grid(samples[:1], MEAN, STD, tmp_path / "one.png", ncol=1) == str(tmp_path / "one.png")
+
+
+def _gray_with_a_mask(size: int = 24):
+    """A flat mid-gray image (normalized with mean = std = 0.5: all zeros) and a mask holding class 2 in a block,
+    class 1 in another and void (255) in one corner pixel."""
+    mask = torch.zeros(size, size, dtype=torch.int64)
+    mask[4:12, 6:18], mask[14:20, 2:8], mask[0, 0] = 2, 1, 255
+    return torch.zeros(3, size, size), mask
+
+
+COLORS = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]  # background, class 1 red, class 2 blue
+
+
+def test_aug_tile_puts_each_class_colour_exactly_where_the_mask_holds_it():
+    image, mask = _gray_with_a_mask()
+    tile = aug_tile(image, mask, (0.5,) * 3, (0.5,) * 3, COLORS, ignore_index=255)
+    a = 0.5  # grid.MASK_ALPHA
+    expected = np.full((24, 24, 3), 0.5)
+    for k in (1, 2):
+        expected[mask.numpy() == k] = 0.5 * (1 - a) + a * np.asarray(COLORS[k]) / 255
+    expected[0, 0] = 0.5 * (1 - 0.35) + 0.35  # void: a white haze
+    np.testing.assert_allclose(tile, expected, atol=1e-6)
+    # A one-channel image is shown in gray, coloured the same way.
+    gray = aug_tile(image[:1], mask, (0.5,), (0.5,), COLORS, ignore_index=255)
+    np.testing.assert_allclose(gray, expected, atol=1e-6)
+
+
+def test_aug_grid_draws_the_overlaid_tiles_with_their_titles_and_the_png_shows_the_colours(tmp_path):
+    from PIL import Image
+
+    image, mask = _gray_with_a_mask()
+    samples = [(image, mask), (image, torch.zeros_like(mask))]
+    fig = aug_figure(samples, (0.5,) * 3, (0.5,) * 3, titles=["circle, square", "-"], colors=COLORS,
+                     ignore_index=255, names=["background", "circle", "square"])
+    tiles = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in tiles] == ["circle, square", "-"]
+    np.testing.assert_allclose(tiles[0].images[0].get_array(), aug_tile(image, mask, (0.5,) * 3, (0.5,) * 3,
+                                                                        COLORS, ignore_index=255))
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["circle", "square"]  # background has no colour
+    path = save_aug_grid(samples, (0.5,) * 3, (0.5,) * 3, tmp_path / "new" / "grid.png", colors=COLORS,
+                         ignore_index=255)  # a folder that does not exist yet is made
+    png = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    blue = np.round(255 * (0.25 + 0.5 * np.asarray([0, 0, 1]))).astype(int)  # class 2 over mid-gray
+    red = np.round(255 * (0.25 + 0.5 * np.asarray([1, 0, 0]))).astype(int)
+    n_blue = int((np.abs(png - blue).max(axis=2) <= 2).sum())
+    n_red = int((np.abs(png - red).max(axis=2) <= 2).sum())
+    assert n_blue > 1.5 * n_red > 0  # both classes show, class 2 over the larger area (96 vs 36 mask pixels)

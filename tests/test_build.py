@@ -101,8 +101,8 @@ def run_build(project: Path, *args: str, cwd: Path | None = None) -> subprocess.
 
 
 def build_into(project: Path, out: Path, config: Dict | None = None) -> Path:
-    """Build in-process (fast) with an optional config (plus my_losses.py next to it)."""
-    argv = ["--out", str(out)]
+    """Build in-process (fast) with a config (plus my_losses.py next to it), or without one as the demo."""
+    argv = ["--out", str(out)] + ([] if config is not None else ["--demo"])
     if config is not None:
         cfg_dir = project / "configs"
         (cfg_dir).mkdir(exist_ok=True)
@@ -518,6 +518,29 @@ def test_packed_script_layout_and_size(packed):
 
 # ----------------------------------------------------------------------------- 6. refusals
 
+def test_the_code_dataset_names_every_vendored_package_with_its_licence(project, tmp_path):
+    """The packages come from packer.VENDORED (what build.py vendors), so a package added there must be named too."""
+    import importlib.metadata
+
+    out = build_into(project, tmp_path / "dist")
+    bundle = packer.plan(None, project=project)
+    readme = (out / "dataset" / "README.md").read_text()
+    description = json.loads((out / "dataset" / "dataset-metadata.json").read_text())["description"]
+    assert sorted(bundle.vendored) == sorted(packer.VENDORED)  # both are installed here: none is left out
+    assert bundle.licenses["segmentation_models_pytorch"] == "MIT" and bundle.licenses["imgaug"] == "MIT"
+    for package in packer.VENDORED:
+        version, licence = importlib.metadata.version(package.replace("_", "-")), bundle.licenses[package]
+        (line,) = [ln for ln in readme.splitlines() if ln.startswith(f"- `vendor/{package}/`: ")]
+        assert f"{package} {version}" in line and f"{licence} licence" in line, line
+        assert f"`vendor/{package}/LICENSE`" in line and (out / "dataset" / "vendor" / package / "LICENSE").is_file()
+        assert f"{package} {version} ({licence})" in description, description
+    # The project README's code-dataset row and licence note name them too.
+    project_readme = (ROOT / "README.md").read_text()
+    row = next(ln for ln in project_readme.splitlines() if ln.startswith("| `dist/dataset/` |"))
+    note = project_readme[project_readme.index("`dataset-metadata.json` (top level)"):][:600]
+    assert all(package in row and package in note for package in packer.VENDORED), (row, note)
+
+
 SECRET = "s3cr3t-value-that-must-not-leave"
 
 
@@ -536,7 +559,7 @@ def test_secrets_are_never_packed(tmp_path):
 def test_a_module_with_a_pasted_api_key_is_refused(tmp_path):
     proj = make_project(tmp_path / "p")
     (proj / "kernel" / "settings.py").write_text('CREDS = {"username": "alice", "key": "%s"}\n' % ("ab12" * 8))
-    proc = run_build(proj, "--out", str(tmp_path / "dist"))
+    proc = run_build(proj, "--out", str(tmp_path / "dist"), "--demo")
     assert proc.returncode == 2 and "kernel/settings.py: contains what looks like a Kaggle API key" in proc.stderr
     assert not (tmp_path / "dist").exists()
 
@@ -666,12 +689,12 @@ def test_config_rules(tmp_path, config, message):
 
 def test_placeholder_owner_fails_with_one_line_each_then_owner_flag_fixes_it(tmp_path):
     proj = make_project(tmp_path / "p", owner="")
-    proc = run_build(proj, "--out", str(tmp_path / "dist"))
+    proc = run_build(proj, "--out", str(tmp_path / "dist"), "--demo")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 2, proc.stderr
     assert all(line.startswith("build.py: error: ") and "--owner" in line for line in lines)
     assert not (tmp_path / "dist").exists()
-    proc = run_build(proj, "--out", str(tmp_path / "dist"), "--owner", "bob")
+    proc = run_build(proj, "--out", str(tmp_path / "dist"), "--owner", "bob", "--demo")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "dist/kernel/kernel-metadata.json").read_text())["id"] == "bob/kernel-train"
     for cmd in ("kaggle datasets create -p", "--dir-mode zip", "kaggle datasets version -p",
@@ -680,9 +703,23 @@ def test_placeholder_owner_fails_with_one_line_each_then_owner_flag_fixes_it(tmp
         assert cmd in proc.stdout
 
 
+def test_a_build_without_a_config_is_refused_unless_it_asks_for_the_demo(tmp_path, capsys):
+    proj = make_project(tmp_path / "p")
+    proc = run_build(proj, "--out", str(tmp_path / "dist"))  # a forgotten --config: the kernel would train shapes
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("build.py: error: no --config: ") and "shapes" in lines[0], lines
+    assert "--config run.yaml" in lines[0] and "--demo" in lines[0], lines  # how to write one, and the way out
+    assert not (tmp_path / "dist").exists()
+    cfg = write_config(proj / "configs", {"data": "shapes-png/train"})
+    assert build.main(["--config", str(cfg), "--demo", "--out", str(tmp_path / "dist")], project=proj) == 2
+    assert "--demo packs the demo without a config" in capsys.readouterr().err
+    assert not (tmp_path / "dist").exists()
+
+
 def test_out_dir_that_would_overwrite_sources_is_refused(tmp_path):
     proj = make_project(tmp_path / "p")
-    proc = run_build(proj, "--out", ".")
+    proc = run_build(proj, "--out", ".", "--demo")
     assert proc.returncode == 2 and "would overwrite" in proc.stderr
     assert (proj / "kernel" / "train.py").is_file()
 
@@ -725,7 +762,7 @@ def test_push_runs_the_cli_steps(tmp_path, monkeypatch, exists):
                KAGGLE_USERNAME="alice", KAGGLE_KEY="0" * 32)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    proc = run_build(proj, "--out", str(tmp_path / "dist"), "--push", "-m", "v2")
+    proc = run_build(proj, "--out", str(tmp_path / "dist"), "--demo", "--push", "-m", "v2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = json.loads((tmp_path / "calls.json").read_text())
     ds, kn = str(tmp_path / "dist" / "dataset"), str(tmp_path / "dist" / "kernel")
@@ -742,7 +779,7 @@ def test_push_without_cli_or_credentials_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
     monkeypatch.setenv("KERNEL_KAGGLE_CLI", sys.executable)  # "installed", but no credentials anywhere
-    assert build.main(["--out", str(tmp_path / "dist"), "--push"], project=proj) == 2
+    assert build.main(["--out", str(tmp_path / "dist"), "--demo", "--push"], project=proj) == 2
     err = capsys.readouterr().err
     assert "no Kaggle credentials" in err and "kaggle.com/settings/api" in err
     # No CLI at all: not on PATH, not importable.
@@ -752,7 +789,7 @@ def test_push_without_cli_or_credentials_says_so(tmp_path, monkeypatch, capsys):
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "kaggle" else real_find_spec(n, *a))
-    assert build.main(["--out", str(tmp_path / "dist"), "--push"], project=proj) == 2
+    assert build.main(["--out", str(tmp_path / "dist"), "--demo", "--push"], project=proj) == 2
     err = capsys.readouterr().err
     assert "the kaggle CLI is not installed; `pip install kaggle`" in err and "Traceback" not in err
 

@@ -1,9 +1,12 @@
 """Options: one dataclass of defaults; precedence defaults < baked < file < flags; one-line errors."""
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+
+from conftest import ROOT, subprocess_env
 
 from kernel.config import build_parser, parse_options, save_config
 from kernel.options import Options
@@ -91,3 +94,28 @@ def test_help_lists_groups():
     assert out.returncode == 0
     for group in ("data:", "model:", "optimization:", "--list-models"):
         assert group in out.stdout
+
+
+def _help_entries(text: str) -> list:
+    """``--help`` text -> its entries, each on one line; an entry is a line indented by two spaces and the more
+    deeply indented lines that continue it (argparse wraps long help texts)."""
+    body = text.split("\n\n", 1)[1]  # after the usage lines, which repeat the flags without help
+    indented = "\n".join(line for line in body.splitlines() if line.startswith("  "))  # no group titles
+    return [" ".join(chunk.split()) for chunk in re.split(r"\n(?=  \S)", indented) if not chunk.startswith("   ")]
+
+
+@pytest.mark.parametrize("command", [["-m", "kernel.train"], ["-m", "kernel.predict"], ["build.py"]],
+                         ids=["kernel.train", "kernel.predict", "build.py"])
+def test_help_states_each_default_once_and_never_an_empty_one(command):
+    out = subprocess.run([sys.executable, *command, "--help"], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    entries = _help_entries(out.stdout)
+    assert len(entries) > 8 and any(e.startswith("-h, --help ") for e in entries), entries  # the parse found them
+    bad = [e for e in entries
+           if "(default: '')" in e or "(default: None)" in e or "(default: [])" in e or e.count("(default:") > 1]
+    assert not bad, "\n".join(bad)
+    if command[-1] == "kernel.train":  # a default the help states in words is kept, a plain one still shown
+        by_flag = {e.split()[0]: e for e in entries}
+        assert "(default: the model's config" in by_flag["--img-size"]
+        assert by_flag["--epochs"].endswith("(default: 10)")

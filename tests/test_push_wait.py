@@ -50,13 +50,13 @@ def fake_kaggle(tmp_path, monkeypatch):
 
 
 def build_push_wait(tmp_path, monkeypatch, start, state: Dict, *flags: str):
-    """`python build.py --out dist --no-vendor FLAGS` in tmp_path against the fake server."""
+    """`python build.py --out dist --no-vendor --demo FLAGS` in tmp_path against the fake server."""
     state_path = start(state)
     project = make_project(tmp_path / "project")
     monkeypatch.chdir(tmp_path)
     clock = FakeClock()
-    rc = build.main(["--out", str(tmp_path / "dist"), "--no-vendor", *flags], project=project, sleep=clock.sleep,
-                    clock=clock)
+    rc = build.main(["--out", str(tmp_path / "dist"), "--no-vendor", "--demo", *flags], project=project,
+                    sleep=clock.sleep, clock=clock)
     return rc, state_path, clock
 
 

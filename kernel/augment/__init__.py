@@ -28,7 +28,7 @@ import torch
 
 from . import imgaug_compat
 from .backends import first_time, warn_once
-from .grid import save_aug_grid
+from .grid import aug_figure, aug_tile, save_aug_grid
 from .ops import IMGAUG_OPS, TORCHVISION_OPS, check_names, op_names
 from .pipeline import INTERP, AugmentTransform, augment_batch, smoke_test
 from .presets import BACKENDS, PRESETS, preset_ops
@@ -36,7 +36,7 @@ from ..data.images import DEFAULT_DATA_CONFIG
 from ..registry import ConfigError, Registry
 
 __all__ = ["PRESETS", "BACKENDS", "build_transform", "preset_ops", "AugmentTransform", "augment_batch",
-           "seed_worker", "save_aug_grid"]
+           "seed_worker", "aug_tile", "aug_figure", "save_aug_grid"]
 
 
 

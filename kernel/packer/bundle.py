@@ -7,6 +7,7 @@ any problem leaves ``dist/`` as it was, and :func:`write` then replaces ``dist/k
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -45,6 +46,7 @@ class Bundle:
     module_count: int = 0
     script_bytes: int = 0
     vendored: Dict[str, str] = field(default_factory=dict)  # package -> version
+    licenses: Dict[str, str] = field(default_factory=dict)  # vendored package -> its licence, as its metadata says
     warnings: List[str] = field(default_factory=list)
 
 
@@ -89,14 +91,14 @@ def _merge_sources(*lists: Sequence[str]) -> List[str]:
     return out
 
 
-def vendor_files(package: str, data: Sequence[str]) -> Tuple[Dict[str, bytes], str]:
+def vendor_files(package: str, data: Sequence[str]) -> Tuple[Dict[str, bytes], str, str]:
     """A pure-Python package from site-packages: its *.py, the ``data`` files and its licence; no caches.
 
-    Returns (files under ``vendor/<package>/``, version); ({}, "") when it is not installed here.
+    Returns (files under ``vendor/<package>/``, version, licence name); ({}, "", "") when it is not installed here.
     """
     spec = importlib.util.find_spec(package)  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        return {}, ""
+        return {}, "", ""
     pkg = Path(list(spec.submodule_search_locations)[0])
     files: Dict[str, bytes] = {}
     for path in sorted(pkg.rglob("*")):
@@ -104,16 +106,28 @@ def vendor_files(package: str, data: Sequence[str]) -> Tuple[Dict[str, bytes], s
         if path.is_file() and "__pycache__" not in rel and not path.name.startswith(".") \
                 and (path.suffix == ".py" or rel in data):
             files[f"vendor/{package}/{rel}"] = path.read_bytes()
-    version = ""
+    version, license_name = "", ""
     dist_name = package.replace("_", "-")
     for dist in sorted(pkg.parent.glob("*.dist-info")):
         name, _, ver = dist.name[:-len(".dist-info")].partition("-")
         if name.lower().replace("_", "-") == dist_name:
-            version = ver
+            version, license_name = ver, _license_name(dist)
             for lic in ("LICENSE", "LICENSE.txt", "licenses/LICENSE"):
                 if (dist / lic).is_file():
                     files[f"vendor/{package}/LICENSE"] = (dist / lic).read_bytes()
-    return files, version
+    return files, version, license_name
+
+
+def _license_name(dist_info: Path) -> str:
+    """The licence a distribution declares (``License-Expression``, a short ``License`` field, or its
+    ``License ::`` classifier), e.g. ``MIT``; "" when it declares none (its LICENSE file still travels)."""
+    meta = importlib.metadata.PathDistribution(dist_info).metadata
+    for key in ("License-Expression", "License"):
+        value = (meta.get(key) or "").strip()
+        if value and "\n" not in value and len(value) <= 40:  # some packages paste the whole licence text here
+            return value
+    classifiers = [c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
+    return classifiers[0] if classifiers else ""
 
 
 def _read_version(package: Path) -> str:
@@ -190,19 +204,29 @@ def _check_modules(modules: Sequence[Module]) -> None:
 
 
 def _add_dataset(bundle: Bundle, dmeta: Dict[str, Any], pkg_modules: Sequence[Module], vendor: bool) -> None:
-    """The code dataset: metadata, the package (no user modules, no caches), vendored packages, README."""
-    bundle.files["dataset/dataset-metadata.json"] = _json_bytes(dmeta)
+    """The code dataset: the package (no user modules, no caches), vendored packages, README and metadata
+    (its description says what is vendored, with versions and licences)."""
     for m in pkg_modules:
         bundle.files[f"dataset/{m.filename}"] = m.source.encode("utf-8")
     for package, data in (VENDORED.items() if vendor else ()):
-        files, version = vendor_files(package, data)
+        files, version, license_name = vendor_files(package, data)
         if not files:
             bundle.warnings.append(f"{package} is not installed here, so dist/dataset has no vendor/{package} "
                                    f"(pip install {package})")
             continue
         bundle.files.update({f"dataset/{k}": v for k, v in files.items()})
-        bundle.vendored[package] = version
+        bundle.vendored[package], bundle.licenses[package] = version, license_name
+    if bundle.vendored:
+        described = str(dmeta.get("description") or "").strip()
+        dmeta = dict(dmeta, description=f"{described} Vendored under vendor/ (Kaggle's image lacks "
+                                           f"them): {_vendored_list(bundle)}.".strip())
+    bundle.files["dataset/dataset-metadata.json"] = _json_bytes(dmeta)
     bundle.files["dataset/README.md"] = _dataset_readme(bundle).encode("utf-8")
+
+
+def _vendored_list(b: Bundle) -> str:
+    """``imgaug 0.4.0 (MIT), ...``: every vendored package with its version and licence."""
+    return ", ".join(f"{p} {v} ({b.licenses[p] or 'licence: see its LICENSE'})" for p, v in sorted(b.vendored.items()))
 
 
 def plan(config_path: Optional[Path] = None, *, project: Path, owner: Optional[str] = None,
@@ -246,7 +270,8 @@ def plan(config_path: Optional[Path] = None, *, project: Path, owner: Optional[s
 
 def _dataset_readme(b: Bundle) -> str:
     owner, slug = b.dataset_id.split("/")
-    vendor = "".join(f"- `vendor/{p}/`: {p} {v} (see its LICENSE), which Kaggle's image lacks.\n"
+    vendor = "".join(f"- `vendor/{p}/`: {p} {v}, which Kaggle's image lacks; {b.licenses[p] or 'its own'} licence"
+                     + (f", in `vendor/{p}/LICENSE`" if f"dataset/vendor/{p}/LICENSE" in b.files else "") + ".\n"
                      for p, v in sorted(b.vendored.items()))
     return f"""# kernel {b.version}: code bundle
 

@@ -5,10 +5,10 @@ and :mod:`.lr_find` (the learning-rate range test). ``kernel.train`` wires them 
 """
 from .checkpoints import FitState, carry_over, repair_best, resume_path, resume_state
 from .fit import finish, fit, input_shape
-from .oneshots import ONE_SHOTS, requested
+from .oneshots import ONE_SHOTS, requested, run_one_shot
 from .prepare import (DRY_RUN, Prepared, as_asked, backbone_frozen, dry_run_reductions, effective_options, prepare,
                       run_dir_of, seed_everything)
 
 __all__ = ["FitState", "carry_over", "repair_best", "resume_path", "resume_state", "finish", "fit", "input_shape",
-           "ONE_SHOTS", "requested", "DRY_RUN", "Prepared", "as_asked", "backbone_frozen", "dry_run_reductions",
-           "effective_options", "prepare", "run_dir_of", "seed_everything"]
+           "ONE_SHOTS", "requested", "run_one_shot", "DRY_RUN", "Prepared", "as_asked", "backbone_frozen",
+           "dry_run_reductions", "effective_options", "prepare", "run_dir_of", "seed_everything"]

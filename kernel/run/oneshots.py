@@ -2,7 +2,8 @@
 
 Each takes the effective options and returns a small dict (what it wrote or printed; ``exit_code``
 when it is not 0), the same convention as a training run's summary; :data:`ONE_SHOTS` maps the
-option that asks for it to the function, and :func:`requested` says which one (if any) is asked for.
+option that asks for it to the function, :func:`requested` says which one (if any) is asked for and
+:func:`run_one_shot` runs it (with the run folder made for those that write into it).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from ..augment import save_aug_grid, seed_worker
+from ..augment import seed_worker
 from ..data import REPORT, ReadGuard, TransformedDataset, build_loader, name_files, read_report, too_many_bad
 from ..engine import make_scaler, resolve_amp_dtype, resolve_device
 from ..options import Options
@@ -21,7 +22,7 @@ from ..tasks import get_task
 from .lr_find import find_lr, plot_lr_find
 from .prepare import hw, prepare_data, prepare_loaders, prepare_model, prepare_optimization, run_dir_of
 
-__all__ = ["ONE_SHOTS", "requested"]
+__all__ = ["ONE_SHOTS", "WRITERS", "requested", "run_one_shot"]
 
 log = logging.getLogger("kernel")
 
@@ -46,9 +47,9 @@ def _show_aug(opts: Options) -> Dict[str, Any]:
     _, dcfg = prepare_model(opts, task, split)
     ds = TransformedDataset(split.train, task.transform(opts, dcfg, train=True), with_mask=True)
     path = run_dir_of(opts) / "augmentations.png"
-    save_aug_grid([ds[i % len(ds)][0::2] for i in range(opts.show_aug)], dcfg["mean"], dcfg["std"], path)
+    titles = task.show_aug([ds[i % len(ds)] for i in range(opts.show_aug)], split, dcfg, path)
     log.info("wrote %s", path)
-    return {"show_aug": str(path)}
+    return {"show_aug": str(path), "titles": titles}
 
 
 def _preview_lr(opts: Options) -> Dict[str, Any]:
@@ -136,6 +137,27 @@ def _find_lr(opts: Options) -> Dict[str, Any]:
 ONE_SHOTS: Dict[str, Callable[[Options], Dict[str, Any]]] = {
     "list_models": _list_models, "summary": _summary, "show_aug": _show_aug, "preview_lr": _preview_lr,
     "check_data": _check_data, "find_lr": _find_lr}
+WRITERS = ("show_aug", "preview_lr", "check_data", "find_lr")  # the one-shots that write into the run folder
+
+
+def run_one_shot(name: str, opts: Options) -> Dict[str, Any]:
+    """Run the one-shot ``name`` (see :data:`ONE_SHOTS`) with the effective options ``opts``.
+
+    A one-shot that writes a file gets its run folder made first (a fresh clone has no ``runs/``), and a
+    folder made here that is left empty (nothing to report, or the command failed) is removed again.
+    """
+    made = []  # the folders this call creates, deepest first
+    if name in WRITERS:
+        folder = run_dir_of(opts)
+        made = [d for d in (folder, *folder.parents) if not d.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return ONE_SHOTS[name](opts)
+    finally:
+        for d in made:
+            if not d.is_dir() or any(d.iterdir()):
+                break
+            d.rmdir()
 
 
 def requested(opts: Options) -> Optional[str]:

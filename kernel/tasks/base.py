@@ -90,6 +90,13 @@ class Task:
         """
         raise NotImplementedError
 
+    def show_aug(self, samples: Sequence[Tuple[Any, Any, Any]], split: Any, dcfg: Dict[str, Any],
+                 path: Any) -> List[str]:
+        """Draw ``--show-aug``'s grid of augmented training samples ``(image, target, mask)`` to ``path``, each
+        tile titled and overlaid so a person can check the augmentation kept image and label together;
+        returns the titles drawn."""
+        raise NotImplementedError
+
     def export_meta(self, split: Any) -> Dict[str, Any]:
         """Facts saved with the weights (checkpoint ``meta``) that prediction needs."""
         return dict(split.meta)

@@ -14,7 +14,7 @@ from typing import AbstractSet, Any, Callable, Dict, List, Optional, Sequence, T
 import torch
 from torch import nn
 
-from ...augment import build_transform
+from ...augment import build_transform, save_aug_grid
 from ...data import DataSplit, ImageList, build_loader, build_sources, settle_unreadable_inputs
 from ...engine.amp import autocast, resolve_amp_dtype
 from ...models import create_model, list_models, resolve_data_config
@@ -24,7 +24,7 @@ from ..base import Task
 from .metrics import ClassifyMeter, accuracy, per_class_stats, write_per_class_csv
 from .oof import cv_accuracy, oof_table
 from .outputs import class_prior, fallback_probs, unreadable_report, write_predictions_csv, write_submission
-from .pictures import plot_predictions, sample_indices
+from .pictures import label_text, plot_predictions, sample_indices
 
 __all__ = ["ClassifyTask", "ClassifyMeter", "accuracy", "per_class_stats", "predict_probs"]
 
@@ -111,6 +111,13 @@ class ClassifyTask(Task):
         n = len(split.classes)
         prior = class_prior(split.train, n, split.multilabel) if split.train is not None else [1.0 / n] * n
         return {**split.meta, "multilabel": bool(split.multilabel), "prior": prior}
+
+    def show_aug(self, samples: Sequence[Tuple[Any, Any, Any]], split: DataSplit, dcfg: Dict[str, Any],
+                 path: Any) -> List[str]:
+        """Each tile titled with its label (multi-label: every label, '-' for none)."""
+        titles = [label_text(target, split.classes) for _, target, _ in samples]
+        save_aug_grid([(image, None) for image, _, _ in samples], dcfg["mean"], dcfg["std"], path, titles=titles)
+        return titles
 
     def predict(self, trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
                 device: torch.device) -> Dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 
 from ...report.plots import BAD, GOOD, denormalize, new_figure, save_figure
 
-__all__ = ["sample_indices", "plot_predictions"]
+__all__ = ["sample_indices", "label_text", "plot_predictions"]
 
 
 def sample_indices(n_items: int, n: int) -> List[int]:
@@ -21,6 +21,14 @@ def sample_indices(n_items: int, n: int) -> List[int]:
     if n_items <= 0 or n <= 0:
         return []
     return sorted(set(np.linspace(0, n_items - 1, min(n, n_items)).round().astype(int).tolist()))
+
+
+def label_text(target: Any, classes: Sequence[str]) -> str:
+    """A sample's label as text: the class of a class id; every class of a (C,) multi-hot target ('-': none)."""
+    t = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target)
+    if t.ndim == 0:
+        return str(classes[int(t)])
+    return " ".join(str(classes[i]) for i in np.flatnonzero(t > 0.5)) or "-"
 
 
 def _label_text(p: np.ndarray, t: Any, classes: Sequence[str], multilabel: bool) -> tuple:

@@ -11,12 +11,12 @@ masks at each image's size and Kaggle RLE submissions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AbstractSet, Any, Callable, Dict, List, Tuple
+from typing import AbstractSet, Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ...augment import build_transform
+from ...augment import build_transform, save_aug_grid
 from ...data import DEFAULT_DATA_CONFIG, DataSplit, fit_channel_stats
 from ...models.segmentation import create_seg_model, list_seg_models
 from ...registry import ConfigError
@@ -131,6 +131,17 @@ class SegmentTask(Task):
         if worst is not None and len(worst["index"]):
             safe("predictions.png", lambda: _draw_worst(worst, split, val_dataset, dcfg, run_dir, title), True)
 
+    def show_aug(self, samples: Sequence[Tuple[Any, Any, Any]], split: DataSplit, dcfg: Dict[str, Any],
+                 path: Any) -> List[str]:
+        """Each mask overlaid in its classes' colours (those of predictions.png, with a legend), each tile titled
+        with the classes its mask holds ('-': background only)."""
+        shown = [display_masks(torch.as_tensor(mask)[None], split) for _, _, mask in samples]
+        _, names, colors = shown[0]
+        titles = [", ".join(mask_classes(torch.as_tensor(mask), split)) or "-" for _, _, mask in samples]
+        save_aug_grid([(image, index[0]) for (image, _, _), (index, _, _) in zip(samples, shown)], dcfg["mean"],
+                      dcfg["std"], path, titles=titles, colors=colors, ignore_index=ignore_index(split), names=names)
+        return titles
+
     def export_meta(self, split: DataSplit) -> Dict[str, Any]:
         return dict(split.meta)
 
@@ -164,6 +175,15 @@ def display_masks(masks: torch.Tensor, split: DataSplit) -> Tuple[Any, List[str]
     for k in range(len(split.classes)):
         index = torch.where((m >> k) & 1 == 1, k + 1, index)
     return index.numpy(), ["none", *split.classes], [[0, 0, 0], *colors]
+
+
+def mask_classes(mask: torch.Tensor, split: DataSplit) -> List[str]:
+    """The classes an (H, W) mask holds, background and void pixels aside (multilabel: every class bit set)."""
+    m = mask.long()
+    if split.meta["mode"] == "multilabel":
+        return [c for k, c in enumerate(split.classes) if bool(((m >> k) & 1).any())]
+    names = table_names(split.meta["mode"], split.classes)
+    return [names[k] for k in torch.unique(m).tolist() if 0 < k < len(names)]
 
 
 def _draw_worst(worst: Dict[str, torch.Tensor], split: DataSplit, val_dataset: Any, dcfg: Dict[str, Any],
