@@ -18,8 +18,8 @@ from kernel.engine import create_optimizer
 from kernel.registry import ConfigError
 from kernel.config import parse_options
 from kernel.run import effective_options, prepare
-from kernel.run.lr_find import (BOTTOM_MARGIN, centred_mean, find_lr, lr_schedule, plot_lr_find, plot_ylim, smooth,
-                                 suggest_lr)
+from kernel.run.lr_curve import BOTTOM_MARGIN, centred_mean, lr_schedule, plot_ylim, smooth, suggest_lr
+from kernel.run.lr_find import find_lr, plot_lr_find
 from kernel.train import main
 
 from conftest import small_args

@@ -101,18 +101,19 @@ RUN: Dict[str, Cmd] = {
     "data/sample_submission.csv --min-area 50": Cmd(("masks/submission.csv",), needs=SEG_TRAIN,
                                                     files=_seg_sample_submission),
     "python -m kernel.predict --checkpoint runs/exp/best.pt data/test --topk 3 --tta":
-        Cmd(("runs/exp/predict/predictions.csv",), ("runs/exp/predict/predictions-2.csv",), needs=CLS_TRAIN),
+        Cmd(("runs/exp/predict/predictions.csv",), ("runs/exp/predict-2/predictions.csv",), needs=CLS_TRAIN),
     "python -m kernel.predict --checkpoint runs/exp data/test.csv --image-dir data/test --submission "
     "--sample-submission data/sample_submission.csv":
-        Cmd(("runs/exp/predict/submission.csv",), ("runs/exp/predict/submission-2.csv",), needs=CLS_TRAIN),
+        Cmd(("runs/exp/predict/submission.csv",), ("runs/exp/predict-2/submission.csv",), needs=CLS_TRAIN),
     "python -m kernel.train --data data/train --model resnet34 --find-lr": Cmd(stdout=r"suggested LR: \d"),
-    CV_TRAIN: Cmd(FOLDS),
+    CV_TRAIN: Cmd(FOLDS, tuple(f.replace("runs/cv/", "runs/cv-2/") for f in FOLDS)),
     "python -m kernel.train --data comp --csv train.csv --image-dir train --group-col patient_id --folds 5 "
-    "--fold 2": Cmd(("runs/exp/fold2/best.pt", "runs/exp/folds.csv")),
+    "--fold 2": Cmd(("runs/exp/fold2/best.pt", "runs/exp/folds.csv"), ("runs/exp-2/fold2/best.pt",)),
     "python -m kernel.train --data data/train --model convnext_tiny --folds 5 --folds-file runs/cv/folds.csv "
-    "--name cv2": Cmd(tuple(f"runs/cv2/fold{i}/best.pt" for i in range(5)) + ("runs/cv2/oof.csv",), needs=CV_TRAIN),
+    "--name cv2": Cmd(tuple(f"runs/cv2/fold{i}/best.pt" for i in range(5)) + ("runs/cv2/oof.csv",),
+                     ("runs/cv2-2/oof.csv",), needs=CV_TRAIN),
     "python -m kernel.predict --checkpoint runs/cv data/test --submission --tta":
-        Cmd(("runs/cv/predict/submission.csv",), ("runs/cv/predict/submission-2.csv",), needs=CV_TRAIN),
+        Cmd(("runs/cv/predict/submission.csv",), ("runs/cv/predict-2/submission.csv",), needs=CV_TRAIN),
     "python -m kernel.predict --checkpoint runs/cv --folds 0,2 data/test --out two.csv":
         Cmd(("two.csv",), needs=CV_TRAIN),
     "python build.py --config run.yaml": Cmd(("dist/kernel/train.py", "dist/kernel/kernel-metadata.json",
