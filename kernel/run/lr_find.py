@@ -23,7 +23,7 @@ from torch import nn
 from ..engine import autocast, rng_state, set_rng_state
 from ..registry import ConfigError
 from ..report.plots import new_figure, save_figure
-from .lr_curve import Suggestion, centred_mean, lr_schedule, plot_ylim, smooth, suggest_lr
+from .lr_curve import lr_schedule, plot_ylim, smooth, suggest_lr
 
 __all__ = ["find_lr", "plot_lr_find"]  # the maths it uses: :mod:`.lr_curve`
 
