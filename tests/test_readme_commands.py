@@ -57,6 +57,7 @@ class Cmd:
     again: Tuple[str, ...] = ()
     needs: Optional[str] = None
     stdout: str = ""  # a regular expression the output must match
+    absent: Tuple[str, ...] = ()  # what must not be there after both runs
     files: Optional[Callable[[Path], None]] = None  # writes what this command alone needs into its folder
 
 
@@ -89,7 +90,8 @@ RUN: Dict[str, Cmd] = {
     "python -m kernel.train --data data/train --model convnext_tiny --pretrained weights.safetensors --epochs 20 "
     "--amp": Cmd(_run_files("exp"), _run_files("exp-2")),
     CLS_TRAIN: Cmd(_run_files("exp"), _run_files("exp-2")),
-    "python -m kernel.train --config run.yaml --lr 3e-4": Cmd(_run_files("exp"), _run_files("exp-2")),
+    # the README's run.yaml says `resume: auto`: the second run continues the first (finished: nothing to train)
+    "python -m kernel.train --config run.yaml --lr 3e-4": Cmd(_run_files("exp"), absent=("runs/exp-2",)),
     "python -m kernel.train --list-models '*convnext*'": Cmd(stdout=r"(?m)^convnext_tiny$"),
     "python -m kernel.train --resume auto": Cmd(_run_files("exp"), needs="python -m kernel.train --epochs 1"),
     SEG_TRAIN: Cmd(_run_files("exp"), _run_files("exp-2")),
@@ -266,6 +268,8 @@ def test_readme_command_runs_twice_from_a_fresh_folder(readme_runs, command):
     for path in spec.outputs + spec.again:
         assert (folder / path).is_file(), (command, path, sorted(str(p.relative_to(folder)) for p in
                                                                   folder.rglob("*") if "runs" in p.parts)[:60])
+    for path in spec.absent:
+        assert not (folder / path).exists(), (command, path)
     if spec.stdout:
         for proc in procs:
             assert re.search(spec.stdout, proc.stdout + proc.stderr), (command, proc.stdout[-2000:])
