@@ -97,6 +97,19 @@ def _paused_together(proc: subprocess.Popen, n: int = 2, seen: Optional[list] = 
                 yield (waiting.pop(at[1:]), *at[1:])
 
 
+def _saved_inside_epoch_2_then_resumes_exactly(cmd: list, run: Path, signalled: int, two_procs: Path) -> None:
+    """Both processes saved after batch ``signalled + 1`` of epoch 2; ``cmd`` resumes there and ends with the
+    uninterrupted run's weights."""
+    position = torch.load(run / "last.pt", weights_only=True)["position"]
+    assert (position["epoch"], position["batch"], len(position["partial"])) == (2, signalled + 1, 2), position
+    r = _run(cmd)
+    assert r.returncode == 0 and f"at epoch 2, batch {signalled + 1}" in r.stderr, r.stderr[-3000:]
+    a = torch.load(two_procs / "last.pt", weights_only=True)
+    b = torch.load(run / "last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
 def test_two_processes_killed_then_stopped_by_sigterm_resume_exactly(data, two_procs, tmp_path):
     """Killed (every process, SIGKILL) after epoch 1 and resumed; then a SIGTERM sent to the launching process
     alone (a container's stop) reaches both processes, which save together inside epoch 2 (each one's partial
@@ -125,14 +138,7 @@ def test_two_processes_killed_then_stopped_by_sigterm_resume_exactly(data, two_p
         for pid in pids:
             go_on(pid)
     assert proc.wait(timeout=300) == 143 and signalled
-    position = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["position"]
-    assert (position["epoch"], position["batch"], len(position["partial"])) == (2, signalled + 1, 2), position
-    r = _run(cmd)
-    assert r.returncode == 0 and f"at epoch 2, batch {signalled + 1}" in r.stderr, r.stderr[-3000:]
-    a = torch.load(two_procs / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    _saved_inside_epoch_2_then_resumes_exactly(cmd, tmp_path / "cut", signalled, two_procs)
 
 
 def test_sigterm_to_the_process_group_of_two_processes_with_workers_saves_and_resumes_exactly(data, two_procs,
@@ -157,14 +163,7 @@ def test_sigterm_to_the_process_group_of_two_processes_with_workers_saves_and_re
     assert proc.wait(timeout=300) == 143 and signalled, stderr[-3000:]
     assert stderr.count("SIGTERM received") == 1 and "Traceback" not in stderr, stderr[-3000:]
     assert "Terminating process" not in stderr, stderr[-3000:]  # each process left by itself, none was ended
-    position = torch.load(tmp_path / "grp" / "last.pt", weights_only=True)["position"]
-    assert (position["epoch"], position["batch"], len(position["partial"])) == (2, signalled + 1, 2), position
-    r = _run(cmd)
-    assert r.returncode == 0 and f"at epoch 2, batch {signalled + 1}" in r.stderr, r.stderr[-3000:]
-    a = torch.load(two_procs / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "grp" / "last.pt", weights_only=True)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    _saved_inside_epoch_2_then_resumes_exactly(cmd, tmp_path / "grp", signalled, two_procs)
 
 
 def test_one_shot_commands_refuse_to_run_under_torchrun(monkeypatch, capsys):

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 import yaml
@@ -95,8 +95,10 @@ def launch(opts: Options, n: int, entry: Callable[[Dict], int], single: Callable
             # the time limit counts from this session's start, not from the children's
             ctx = start_processes(_child, args=(config, n, _free_port(), process_start(), entry), nprocs=n,
                                   join=False, start_method="spawn")
-            old[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda signum, frame: _pass_on(ctx, signum))
-            while not _join(ctx):
+            signalled: List[int] = []  # the stop signals this process passed on: the children are saving, not failing
+            old[signal.SIGTERM] = signal.signal(signal.SIGTERM,
+                                                lambda signum, frame: _pass_on(ctx, signum, signalled))
+            while not _join(ctx, signalled):
                 pass
             return 0
         except ProcessExitedException as e:  # a user error (the child printed its line), a stop or a signal
@@ -118,22 +120,29 @@ def launch(opts: Options, n: int, entry: Callable[[Dict], int], single: Callable
                 signal.signal(s, h)
 
 
-def _join(ctx: Any) -> bool:
-    """``ctx.join()`` (True once every process has exited, 0 each; a failure raises), except that a process's
-    exit after a signal stop (130, 143) first gives the others ``STOP_GRACE_S`` to finish theirs: they stopped at
+def _join(ctx: Any, signalled: Sequence[int] = ()) -> bool:
+    """``ctx.join()`` (True once every process has exited, 0 each; a failure raises), except during a signal
+    stop: once this process passed a stop signal on (``signalled``, filled by the handler while we wait), or one
+    child exited from a stop (130, 143), the others get ``STOP_GRACE_S`` to finish theirs first. They stopped at
     the same step and leave together, and torch's join would end those still exiting with SIGTERM."""
-    running = [p.sentinel for p in ctx.processes if p.exitcode is None]
+    running = {p.sentinel: p for p in ctx.processes if p.exitcode is None}
     if running:
-        multiprocessing.connection.wait(running)
-    if any(p.exitcode in StopSignals.CODES.values() for p in ctx.processes):
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            # the sentinel closes a moment before the process can be reaped: its exit code needs the join
+            running[sentinel].join()
+    # a stop: exit 143/130, or the stop signal's default action (a group SIGTERM reaches a child twice, from the
+    # sender and passed on by us, and the second can land after the child's handler is gone as it exits)
+    stops = {*StopSignals.CODES.values(), *(-int(s) for s in StopSignals.CODES)}
+    if signalled or any(p.exitcode in stops for p in ctx.processes):
         deadline = time.monotonic() + STOP_GRACE_S
         for proc in ctx.processes:
             proc.join(max(0.0, deadline - time.monotonic()))
     return ctx.join()
 
 
-def _pass_on(ctx: Any, signum: int) -> None:
-    """Send ``signum`` to every child still running."""
+def _pass_on(ctx: Any, signum: int, signalled: List[int]) -> None:
+    """Send ``signum`` to every child still running; ``signalled`` records it."""
+    signalled.append(signum)
     for proc in ctx.processes:
         if proc.is_alive():
             os.kill(proc.pid, signum)
