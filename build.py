@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence
 
 from kernel.cli import OneLineParser
 from kernel.packer import BuildError, follow, follow_hint, kaggle_runner, next_steps, plan, push, write
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 
 __all__ = ["PROJECT", "main"]
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernel.engine import amp_name, make_scaler, resolve_amp_dtype, resolve_device, train_one_epoch  # noqa: E402
 from kernel.losses import create_loss  # noqa: E402
 from kernel.models.segmentation import create_seg_model  # noqa: E402
-from kernel.registry import ConfigError  # noqa: E402
+from kernel.errors import ConfigError  # noqa: E402
 from kernel.tasks.segment.metrics import SegMeter  # noqa: E402
 from loop_overhead import plain_epoch  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 

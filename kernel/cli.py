@@ -14,7 +14,8 @@ import runpy
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .registry import ConfigError, did_you_mean
+from .errors import ConfigError
+from .registry import did_you_mean
 
 __all__ = ["OneLineParser", "field_choices", "parser_from_dataclass", "one_line", "run_file"]
 

@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .cli import field_choices, parser_from_dataclass
-from .options import ONE_SHOTS, Options, PredictOptions
-from .registry import ConfigError, did_you_mean
+from .errors import ConfigError
+from .options import ONE_SHOT_FLAGS, Options, PredictOptions
+from .registry import did_you_mean
 
 __all__ = ["build_parser", "parse_options", "parse_img_size", "parse_count", "load_config_file", "check_values", "save_config", "options_to_dict",
            "check_predict_spec", "check_predict_ranges"]
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Options)}
 _PREDICT_FIELDS = {f.name: f for f in dataclasses.fields(PredictOptions)}
-_NOT_SAVED = ("config", *ONE_SHOTS)
+_NOT_SAVED = ("config", *ONE_SHOT_FLAGS)
 
 
 def build_parser() -> Any:

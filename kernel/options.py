@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
-__all__ = ["Options", "PredictOptions", "DEVICES", "ONE_SHOTS"]
+__all__ = ["Options", "PredictOptions", "DEVICES", "ONE_SHOT_FLAGS"]
 
 DEVICES = ("auto", "cpu", "cuda")
-ONE_SHOTS = ("list_models", "summary", "preview_lr", "show_aug", "check_data", "find_lr")  # options that do one thing and exit
+ONE_SHOT_FLAGS = ("list_models", "summary", "preview_lr", "show_aug", "check_data", "find_lr")  # options that do one thing and exit
 
 
 # Choices that come from registries, imported only when a parser or a check needs them.

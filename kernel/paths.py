@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
-from .registry import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "KAGGLE_INPUT", "KAGGLE_WORKING", "detect_platform", "input_root", "working_root", "mounted_roots",

@@ -44,7 +44,8 @@ from .models import FoldEnsemble
 from .config import check_predict_ranges, check_predict_spec
 from .options import Options, PredictOptions
 from .paths import resolve_path
-from .registry import ConfigError, did_you_mean
+from .errors import ConfigError
+from .registry import did_you_mean
 from .report import close_logging, setup_logging
 from .tasks import Task, get_task
 

@@ -2,8 +2,7 @@
 
 Every registry in the bundle (losses, schedulers, augmentation ops, optimizers)
 uses :class:`Registry`, so an unknown name always gets the same clear message:
-the known names and the closest match. User errors raise :class:`ConfigError`,
-which the entry points print as one line and exit non-zero (no traceback).
+the known names and the closest match, raised as :class:`kernel.errors.ConfigError`.
 """
 from __future__ import annotations
 
@@ -15,13 +14,11 @@ import os
 import sys
 from typing import Any, Dict, Generic, Iterable, List, Optional, TypeVar
 
-__all__ = ["ConfigError", "Registry", "closest", "did_you_mean", "parse_kwargs", "parse_literal", "load_user_object", "is_user_spec"]
+from .errors import ConfigError
+
+__all__ = ["Registry", "closest", "did_you_mean", "parse_kwargs", "parse_literal", "load_user_object", "is_user_spec"]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A user error: printed as one line (what is wrong and how to fix it), exit code 2."""
 
 
 def closest(name: str, known: Iterable[str]) -> Optional[str]:

@@ -31,15 +31,15 @@ from .engine import write_classes_json
 from .engine.distributed import barrier, destroy, init_from_env, self_test, world
 from .options import Options
 from .paths import remove_leftovers
-from .registry import ConfigError
+from .errors import ConfigError
 from .report import EpochReporter, attach_log_file, close_logging, read_json, setup_logging
 from .run import (as_asked, dry_run_reductions, effective_options, finish, fit, input_shape, prepare, requested,
                   resume_state, run_one_shot, seed_everything)
 from .run.budget import StopControl, StopSignals, process_start, resolve_durations
-from .run.checkpoints import carry_over, repair_best
+from .run.resume import carry_over, repair_best
 from .run.folder import resolve_run_folder
-from .run.folds import OOF, carry_over_root, clear_other_folds, fold_number, run_root, train_folds, write_plan
-from .run.oof import finish_cv, write_fold_oof
+from .run.kfold import OOF, carry_over_root, clear_other_folds, fold_number, run_root, train_folds, write_plan
+from .run.crossval import finish_cv, write_fold_oof
 from .run.launch import devices_wanted, in_torchrun, launch
 
 __all__ = ["main", "group_main", "run", "train"]

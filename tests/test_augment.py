@@ -19,7 +19,7 @@ from kernel.augment.ops import IMGAUG_OPS, TORCHVISION_OPS
 from kernel.data import fit_channel_stats
 from kernel.augment import (BACKENDS, PRESETS, aug_figure, aug_tile, augment_batch, build_transform, save_aug_grid,
                             seed_worker)
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

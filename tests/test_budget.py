@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 from kernel.run import budget
 
 

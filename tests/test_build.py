@@ -382,7 +382,7 @@ SEG_CONFIG = {"data": "shapes-seg/train", "model": "tu-test_resnet", "img_size":
 
 
 def test_kaggle_segmentation_run_with_vendored_smp_and_imgaug(tmp_path):
-    from kernel.tasks.segment.shapes import write_shapes_seg
+    from kernel.tasks.segment.shapes_seg import write_shapes_seg
     from kernel.tasks.segment.rle import rle_decode
 
     def write_data(folder: Path) -> None:

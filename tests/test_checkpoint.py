@@ -10,7 +10,7 @@ from torch import nn
 from kernel.engine import (export_safetensors, load_checkpoint, load_trained, make_checkpoint, read_checkpoint,
                            rng_state, save_checkpoint, set_rng_state, unwrap_model)
 from kernel.paths import atomic_write
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from kernel.data import CsvSource, FolderSource, build_loader, build_sources, load_image, stratified_split
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 from kernel.data import SHAPE_CLASSES, ShapesSource
 
 from conftest import subprocess_env

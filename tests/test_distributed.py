@@ -177,7 +177,7 @@ def test_one_shot_commands_refuse_to_run_under_torchrun(monkeypatch, capsys):
 FAILING_LOSS = '''
 import torch.distributed as dist
 import torch.nn.functional as F
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 
 
 def fail_on_rank1(logits, target):
@@ -246,7 +246,7 @@ def test_segmentation_validation_of_two_processes_equals_one_process_evaluation(
     from kernel.config import parse_options
     from kernel.engine import evaluate
     from kernel.run import effective_options, prepare
-    from kernel.tasks.segment.shapes import write_shapes_seg
+    from kernel.tasks.segment.shapes_seg import write_shapes_seg
 
     data = write_shapes_seg(tmp_path / "seg", n=60, seed=0, size=32)  # 12 validation images: 6 per rank
     r = _run(_cmd(data, tmp_path, "seg", "--devices", "2", "--batch-size", "4", "--loss", "ce",

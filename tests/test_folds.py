@@ -6,7 +6,7 @@ import pytest
 
 from kernel.data import folds as F
 from kernel.data.folds import fold_indices, make_folds, read_folds_csv, write_folds_csv
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 
 K = 5
 

@@ -22,7 +22,7 @@ from kernel.data import write_shapes
 from kernel.models import FoldEnsemble, mean_probabilities
 from kernel.predict import load_for_prediction, main as predict_main
 from kernel.run import effective_options
-from kernel.run.folds import FoldPlan, carry_over_root, clear_other_folds, fold_finished
+from kernel.run.kfold import FoldPlan, carry_over_root, clear_other_folds, fold_finished
 from kernel.run.prepare import prepare_data
 from kernel.tasks import get_task
 from kernel.tasks.classify import predict_probs
@@ -319,7 +319,7 @@ def test_the_next_kaggle_version_carries_the_kfold_run_over(tmp_path, monkeypatc
 def test_an_unreadable_image_is_left_out_of_the_oof_rows(tmp_path, task):
     """A truncated image (replaced by the next readable one in training and validation) gets no row: the row
     would hold another image's prediction under its id. The other images have theirs, and the CV score."""
-    from kernel.tasks.segment.shapes import write_shapes_seg
+    from kernel.tasks.segment.shapes_seg import write_shapes_seg
 
     if task == "segment":
         data, model = write_shapes_seg(tmp_path / "d", n=24, seed=0, size=32), "tu-test_resnet"
@@ -345,7 +345,7 @@ def test_segmentation_folds_write_oof_scores_masks_and_the_cv_miou(tmp_path):
     rows' pixel counts over every image (the foreground classes present, as val_miou)."""
     from PIL import Image
 
-    from kernel.tasks.segment.shapes import write_shapes_seg
+    from kernel.tasks.segment.shapes_seg import write_shapes_seg
 
     data = write_shapes_seg(tmp_path / "seg", n=24, seed=0, size=40)  # masks at 40 px, the model at 32
     args = ["--data", str(data), "--model", "tu-test_resnet", "--img-size", "32", "--epochs", "1", "--batch-size",

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernel.losses import LOSSES, CombinedLoss, create_loss
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 
 torch.set_num_threads(1)  # tiny tensors; the machine is shared
 

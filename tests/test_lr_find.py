@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from kernel.engine import create_optimizer
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 from kernel.config import parse_options
 from kernel.run import effective_options, prepare
 from kernel.run.lr_curve import BOTTOM_MARGIN, centred_mean, lr_schedule, plot_ylim, smooth, suggest_lr

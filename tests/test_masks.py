@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 from kernel.tasks.segment import masks as masks_mod
 from kernel.tasks.segment.masks import palette, read_class_names, read_mask, voc_colormap, write_mask_png
 

@@ -6,7 +6,7 @@ from torch import nn
 from kernel.engine import create_optimizer, param_groups
 from kernel.models import create_model, head_parameters, list_models, resolve_data_config, set_backbone_frozen, \
     train_mode
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 
 TIMM = ["resnet10t", "test_efficientnet", "test_convnext", "test_vit"]
 TV = ["tv:resnet18", "tv:mobilenet_v3_small", "tv:squeezenet1_0", "tv:shufflenet_v2_x0_5",

@@ -10,7 +10,7 @@ from conftest import ROOT, subprocess_env
 
 from kernel.config import build_parser, parse_options, save_config
 from kernel.options import Options
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 
 
 def test_defaults_come_from_the_dataclass():

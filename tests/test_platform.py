@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from kernel.paths import default_output_dir, detect_platform, find_in_inputs, mounted_roots, resolve_path
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 
 
 @pytest.fixture

@@ -221,7 +221,7 @@ def test_default_outputs_go_beside_the_run_and_never_replace_an_earlier_predicti
 def test_messages_name_no_flag_that_does_not_exist(run, tmp_path, capsys, monkeypatch):
     """Inputs are positional and predict: keys are not flags: their errors do not name --inputs or --predict."""
     from kernel.predict import resolve_predict_section
-    from kernel.registry import ConfigError
+    from kernel.errors import ConfigError
 
     monkeypatch.chdir(tmp_path)
     empty_csv = tmp_path / "ids.csv"
@@ -306,7 +306,7 @@ def test_the_class_prior_counts_training_labels_single_and_multi_label(tmp_path)
 
 
 def test_an_unreadable_image_gets_an_empty_mask_row_in_a_segmentation_submission(tmp_path, capsys):
-    from kernel.tasks.segment.shapes import write_shapes_seg
+    from kernel.tasks.segment.shapes_seg import write_shapes_seg
     from kernel.train import main
     from conftest import small_args
 

@@ -202,7 +202,7 @@ def _user_files(root: Path) -> None:
     from safetensors.torch import save_file
 
     from kernel.data import write_shapes
-    from kernel.tasks.segment.shapes import write_shapes_rle, write_shapes_seg
+    from kernel.tasks.segment.shapes_seg import write_shapes_rle, write_shapes_seg
 
     write_shapes(root / "data", n=40, seed=0, size=32)  # data/train/<class>/, data/images/, data/train.csv
     test = write_shapes(root / "test-src", n=8, seed=1, size=32)

@@ -20,8 +20,8 @@ import torch
 from kernel.config import parse_options
 from kernel.data import write_shapes
 from kernel.run import effective_options
-from kernel.run.checkpoints import resume_path
-from kernel.tasks.segment.shapes import write_shapes_seg
+from kernel.run.resume import resume_path
+from kernel.tasks.segment.shapes_seg import write_shapes_seg
 
 from conftest import go_on, paused_at, subprocess_env
 

@@ -6,7 +6,7 @@ import zlib
 import numpy as np
 import pytest
 
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 from kernel.tasks.segment.rle import check_order, rle_decode, rle_encode
 
 

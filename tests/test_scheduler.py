@@ -10,7 +10,7 @@ import torch
 from torch.optim import lr_scheduler as tls
 
 from kernel.schedule import compile_lr_expr, eval_lr_expr
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 from kernel.schedule import SCHEDULERS, create_scheduler, format_lr_table, preview_lr
 
 ALL_NAMES = ["step", "multistep", "exponential", "cosine", "cosine_restarts", "plateau", "cyclic", "onecycle",

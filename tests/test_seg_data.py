@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from kernel.data import ShapesSource
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 from kernel.tasks.segment.data import (MAX_MULTILABEL, RleCsvSource, SegFolderSource, build_seg_sources,
                                        decode_multilabel, encode_multilabel, infer_mode)
 from kernel.tasks.segment.rle import rle_encode
-from kernel.tasks.segment.shapes import write_shapes_rle, write_shapes_seg
+from kernel.tasks.segment.shapes_seg import write_shapes_rle, write_shapes_seg
 
 N, SIZE, SEED = 8, 32, 3
 

@@ -10,7 +10,7 @@ import torch
 from segmentation_models_pytorch.metrics import get_stats
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 from kernel.tasks.segment.metrics import (MODES, SegMeter, confusion_matrix, mean_present, predict_labels,
                                           scores, stat_counts)
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from kernel.models.segmentation import (SEG_ARCHS, PadToMultiple, create_seg_model, list_encoders,
                                         list_seg_archs, pad_amounts, resolve_encoder)
-from kernel.registry import ConfigError
+from kernel.errors import ConfigError
 
 # What smp's check_input_shape needs for a 70 x 45 input, worked out by hand from each architecture's
 # encoder output stride: 32 unless dilated (deeplabv3 8, deeplabv3plus 16, pan 16) or shallow (pspnet:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from kernel.predict import main as predict_main
-from kernel.tasks.segment.shapes import write_shapes_rle, write_shapes_seg
+from kernel.tasks.segment.shapes_seg import write_shapes_rle, write_shapes_seg
 from kernel.tasks.segment.rle import rle_decode
 from kernel.train import main
 
@@ -95,7 +95,7 @@ def test_flip_tta_flips_the_logits_back():
     the flipped image's logits without flipping them back would not. On a flip-symmetric image both agree."""
     from types import SimpleNamespace
 
-    from kernel.tasks.segment.predict import predict_logits
+    from kernel.tasks.segment.inference import predict_logits
 
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 4, 1).eval()
@@ -210,7 +210,7 @@ def test_sample_submission_with_numeric_class_ids_in_any_column_order(index_mask
 def test_submission_plan_columns_and_class_ids(tmp_path):
     """Columns by name in any order (unknown names take the roles left), class names or mask values, and the
     one-line refusals."""
-    from kernel.registry import ConfigError
+    from kernel.errors import ConfigError
     from kernel.tasks.segment.submission import class_position, plan_submission
 
     names = ["circle", "square", "triangle", "cross"]

@@ -33,7 +33,8 @@ from .ops import IMGAUG_OPS, TORCHVISION_OPS, check_names, op_names
 from .pipeline import INTERP, AugmentTransform, augment_batch, smoke_test
 from .presets import BACKENDS, PRESETS, preset_ops
 from ..data.images import DEFAULT_DATA_CONFIG
-from ..registry import ConfigError, Registry
+from ..errors import ConfigError
+from ..registry import Registry
 
 __all__ = ["PRESETS", "BACKENDS", "build_transform", "preset_ops", "AugmentTransform", "augment_batch",
            "seed_worker", "aug_tile", "aug_figure", "save_aug_grid"]

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .noise import custom_factory
-from ..registry import ConfigError, Registry
+from ..errors import ConfigError
+from ..registry import Registry
 
 __all__ = ["OpInfo", "IMGAUG_OPS", "TORCHVISION_OPS", "AUTOMATIC_OPS", "build_ops", "split_entry", "op_names", "describe",
            "check_names"]

@@ -17,7 +17,7 @@ from .backends import (imgaug_call, imgaug_state, quiet_library_warnings, resize
                        warn_once)
 from .ops import IMGAUG_OPS, TORCHVISION_OPS, build_ops, describe, op_names
 from ..data.images import fit_channel_stats
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["INTERP", "AugmentTransform", "augment_batch", "smoke_test"]
 

@@ -41,7 +41,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..paths import atomic_write
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["make_folds", "write_folds_csv", "read_folds_csv", "fold_indices"]
 

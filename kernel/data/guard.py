@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..paths import atomic_write
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["BAD_IMAGES", "REPORT", "ReadGuard", "read_report", "source_path", "too_many_bad", "name_files",
            "too_many_error", "settle_unreadable_inputs", "read_error"]

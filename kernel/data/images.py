@@ -13,7 +13,7 @@ from typing import Any, Dict, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_DATA_CONFIG", "is_image_file", "load_image", "fit_channel_stats"]
 

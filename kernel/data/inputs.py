@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 from ..paths import resolve_path
-from ..registry import ConfigError
+from ..errors import ConfigError
 from .images import IMAGE_EXTENSIONS, is_image_file
 from .sources import match_image_ids, read_csv_rows
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..registry import ConfigError
+from ..errors import ConfigError
 from .images import IMAGE_EXTENSIONS, is_image_file, load_image
 
 __all__ = ["FolderSource", "CsvSource", "Subset", "read_csv_rows", "match_image_ids"]

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..registry import ConfigError
+from ..errors import ConfigError
 from .shapes import ShapesSource
 from .sources import CsvSource, FolderSource, Subset
 
@@ -43,7 +43,7 @@ class DataSplit:
     multilabel: bool = False
     meta: Dict[str, Any] = field(default_factory=dict)  # task-specific facts (e.g. a mask mode)
     full: Any = None   # the whole labelled set train and val were split from (None with --val-data); k-fold splits it
-    folds: Any = None  # the k-fold plan (kernel.run.folds.FoldPlan) when --folds split ``full``
+    folds: Any = None  # the k-fold plan (kernel.run.kfold.FoldPlan) when --folds split ``full``
 
 
 def build_sources(data: str, *, val_data: str = "", val_split: float = 0.2, csv_file: str = "",

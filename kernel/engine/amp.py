@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["resolve_device", "resolve_amp_dtype", "make_scaler", "autocast", "amp_name"]
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from .. import __version__
 from ..paths import atomic_write, load_tensors
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["FORMAT", "TRAINING_STATE", "unwrap_model", "make_checkpoint", "prediction_checkpoint", "save_checkpoint",
            "load_checkpoint", "read_checkpoint", "load_trained", "rng_state", "set_rng_state", "export_safetensors", "write_classes_json"]

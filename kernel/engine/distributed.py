@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["World", "world", "init_from_env", "self_test", "SelfTestFailed", "all_reduce_sum", "all_reduce_max",
            "gather_objects", "barrier", "wrap_ddp", "destroy"]

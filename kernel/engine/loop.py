@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional, Protocol
 import torch
 from torch import nn
 
-from ..registry import ConfigError
+from ..errors import ConfigError
 from .amp import autocast
 from .checkpoint import unwrap_model
 from .mixing import hard_targets

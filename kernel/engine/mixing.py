@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["create_mixup", "check_soft_targets", "hard_targets"]
 

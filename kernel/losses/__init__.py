@@ -5,12 +5,12 @@ classification (N, C) and segmentation (N, C, H, W) shapes. Layers, lowest first
 
 * :mod:`.functional` - the maths, pure functions;
 * :mod:`.modules`    - one thin ``nn.Module`` per loss (hyper-parameters only) and the ``LOSSES`` registry;
-* :mod:`.factory`    - ``create_loss``: names, weighted combinations, user code.
+* :mod:`.spec`       - ``create_loss``: names, weighted combinations, user code.
 
 To add a loss: write its maths in ``functional.py``, then a module class registered with
 ``@_register("name")`` in ``modules.py``; ``--loss name`` and the tests' every-entry checks pick it up.
 """
-from .factory import CombinedLoss, UserLoss, create_loss
+from .spec import CombinedLoss, UserLoss, create_loss
 from .modules import (LOSSES, BCELoss, CrossEntropyLoss, DiceBCELoss, DiceLoss, FocalLoss, IoULoss, KLDivLoss, L1Loss,
                       Loss, MSELoss, QualityFocalLoss, SmoothL1Loss, TverskyLoss)
 

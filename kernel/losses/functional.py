@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "MODES", "Targets", "infer_mode", "prepare_targets", "per_class", "reduce_masked",

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as LF
-from ..registry import ConfigError, Registry
+from ..errors import ConfigError
+from ..registry import Registry
 
 __all__ = [
     "LOSSES", "Loss", "CrossEntropyLoss", "BCELoss", "MSELoss", "L1Loss", "SmoothL1Loss", "KLDivLoss",

@@ -26,7 +26,8 @@ from torch import nn
 
 from ..data.images import DEFAULT_DATA_CONFIG, fit_channel_stats
 from ..paths import load_tensors
-from ..registry import ConfigError, closest
+from ..errors import ConfigError
+from ..registry import closest
 
 __all__ = ["create_model", "list_models", "list_pattern", "read_weights", "adapt_first_conv", "resolve_data_config",
            "model_summary", "hub_reachable"]

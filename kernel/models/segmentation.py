@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .create import adapt_first_conv, list_pattern, read_weights
-from ..registry import ConfigError, Registry, closest, did_you_mean
+from ..errors import ConfigError
+from ..registry import Registry, closest, did_you_mean
 
 __all__ = ["SegArch", "SEG_ARCHS", "DEFAULT_ARCH", "PadToMultiple", "pad_amounts", "create_seg_model",
            "list_seg_archs", "list_encoders", "list_seg_models", "resolve_encoder", "fit_backbone_state",

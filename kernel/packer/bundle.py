@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import load_config_file
-from ..registry import ConfigError, did_you_mean
-from .config import collect_user_modules, validate_config
+from ..errors import ConfigError
+from ..registry import did_you_mean
+from .checks import collect_user_modules, validate_config
 from .metadata import (BOOL_KEYS, KERNEL_DEFAULTS, KERNEL_KEYS, PLACEHOLDER_OWNER, RETIRED_SHAPES, SOURCE_KEYS,
                        BuildError, as_bool, is_secret_name, slugify, validate_dataset_metadata,
                        validate_kernel_metadata)

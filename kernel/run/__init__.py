@@ -3,7 +3,7 @@
 mid-epoch saves, signals), :mod:`.launch` (one process per device), :mod:`.oneshots` (commands that look and exit)
 and :mod:`.lr_find` (the learning-rate range test). ``kernel.train`` wires them together.
 """
-from .checkpoints import FitState, carry_over, repair_best, resume_path, resume_state
+from .resume import FitState, carry_over, repair_best, resume_path, resume_state
 from .fit import finish, fit, input_shape
 from .oneshots import ONE_SHOTS, requested, run_one_shot
 from .prepare import (DRY_RUN, Prepared, as_asked, backbone_frozen, dry_run_reductions, effective_options, prepare,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ..engine.distributed import all_reduce_max, world
 from ..paths import detect_platform
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["KAGGLE_TIME_LIMIT", "HOSTED_SAVE_EVERY", "parse_duration", "resolve_durations", "process_start",
            "StopSignals", "StopControl"]

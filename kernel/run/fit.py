@@ -21,7 +21,7 @@ from ..models import set_backbone_frozen, train_mode
 from ..report import EpochReporter, Progress, write_json
 from ..tasks import monitor_mode
 from .budget import StopControl
-from .checkpoints import FitState, save_epoch, save_position
+from .resume import FitState, save_epoch, save_position
 from .prepare import Prepared, backbone_frozen, hw
 
 __all__ = ["fit", "finish", "input_shape"]

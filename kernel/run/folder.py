@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 
 from ..engine.distributed import gather_objects, world
 from ..options import Options
-from .folds import FOLDS_CSV, OOF, fold_number, run_root
+from .kfold import FOLDS_CSV, OOF, fold_number, run_root
 
 __all__ = ["CHECKPOINTS", "family", "holds_run", "choose_name", "resolve_run_folder"]
 

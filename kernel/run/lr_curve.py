@@ -11,7 +11,7 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["lr_schedule", "smooth", "centred_mean", "Suggestion", "suggest_lr", "plot_ylim", "SIGNIFICANCE",
            "MIN_DROP", "DEPTH", "BOTTOM_MARGIN", "DIVERGED"]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..engine import autocast, rng_state, set_rng_state
-from ..registry import ConfigError
+from ..errors import ConfigError
 from ..report.plots import new_figure, save_figure
 from .lr_curve import lr_schedule, plot_ylim, smooth, suggest_lr
 

@@ -30,10 +30,11 @@ from ..models import model_summary, set_backbone_frozen
 from ..options import Options
 from .. import __version__
 from ..paths import detect_platform, resolve_path
-from ..registry import ConfigError, parse_kwargs
+from ..errors import ConfigError
+from ..registry import parse_kwargs
 from ..schedule import LRSchedule, create_scheduler
 from ..tasks import Task, detect_task, get_task, monitor_mode
-from .folds import fold_number, plan_folds, run_root, split_for_fold
+from .kfold import fold_number, plan_folds, run_root, split_for_fold
 
 __all__ = ["DRY_RUN", "Prepared", "hw", "backbone_frozen", "effective_options", "as_asked", "dry_run_reductions",
            "seed_everything", "run_dir_of", "read_guard", "prepare_data", "prepare_model", "prepare_loaders",
@@ -148,7 +149,7 @@ def _subset(source: Any, n: int, seed: int) -> Subset:
 
 def prepare_data(opts: Options, task: Task, new_folds: bool = False) -> DataSplit:
     """The task's train/val sources for ``opts`` (paths found on Kaggle too): ``--fold``'s split in a k-fold
-    run (``new_folds``: split again, see :func:`kernel.run.folds.plan_folds`); a subset for ``--dry-run``."""
+    run (``new_folds``: split again, see :func:`kernel.run.kfold.plan_folds`); a subset for ``--dry-run``."""
     paths = {k: getattr(opts, k) if getattr(opts, k) in ("", "shapes") else resolve_path(getattr(opts, k), k.replace("_", "-"))
              for k in ("data", "val_data")}
     resolved = dataclasses.replace(opts, **paths)

@@ -15,7 +15,8 @@ from torch.optim import Optimizer
 from torch.optim import lr_scheduler as tls
 
 from .expr import compile_lr_expr, eval_lr_expr
-from ..registry import ConfigError, Registry, did_you_mean, is_user_spec, load_user_object
+from ..errors import ConfigError
+from ..registry import Registry, did_you_mean, is_user_spec, load_user_object
 
 __all__ = ["SCHEDULERS", "SchedSpec", "BuildCtx", "canonical_name", "check_kwargs", "resolve_interval", "uses_step",
            "step_decay_factor"]

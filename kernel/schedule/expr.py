@@ -13,7 +13,7 @@ import math
 import operator
 from typing import Callable, Dict, Mapping, Sequence
 
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["ALLOWED_FUNCS", "ALLOWED_CONSTS", "compile_lr_expr", "eval_lr_expr"]
 

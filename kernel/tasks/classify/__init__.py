@@ -19,7 +19,7 @@ from ...data import DataSplit, ImageList, build_loader, build_sources, settle_un
 from ...engine.amp import autocast, resolve_amp_dtype
 from ...models import create_model, list_models, resolve_data_config
 from ...report import plots
-from ...registry import ConfigError
+from ...errors import ConfigError
 from ..base import Task
 from .metrics import ClassifyMeter, accuracy, per_class_stats, write_per_class_csv
 from .oof import cv_accuracy, oof_table

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ...registry import ConfigError
+from ...errors import ConfigError
 from ...report.files import write_csv
 
 __all__ = ["write_predictions_csv", "read_sample_submission", "write_submission", "class_prior", "fallback_probs",

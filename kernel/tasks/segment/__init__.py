@@ -19,7 +19,7 @@ from torch import nn
 from ...augment import build_transform, save_aug_grid
 from ...data import DEFAULT_DATA_CONFIG, DataSplit, fit_channel_stats
 from ...models.segmentation import create_seg_model, list_seg_models
-from ...registry import ConfigError
+from ...errors import ConfigError
 from ...report import plots
 from ..base import Task
 from .data import build_seg_sources, decode_multilabel
@@ -147,7 +147,7 @@ class SegmentTask(Task):
 
     def predict(self, trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
                 device: torch.device) -> Dict[str, Any]:
-        from .predict import predict_masks
+        from .inference import predict_masks
         return predict_masks(trained, items, popts, device)
 
     def activation(self, meta: Dict[str, Any]) -> str:

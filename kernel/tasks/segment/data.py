@@ -20,10 +20,11 @@ from PIL import Image
 
 from ...data import (DataSplit, Subset, csv_column, is_image_file, load_image, match_image_ids, read_csv_rows,
                      stratified_split)
-from ...registry import ConfigError, did_you_mean
+from ...errors import ConfigError
+from ...registry import did_you_mean
 from .masks import palette, read_class_names, read_mask
 from .rle import check_order, rle_decode
-from .shapes import ShapesSegSource
+from .shapes_seg import ShapesSegSource
 
 __all__ = ["MODES", "IGNORE_INDEX", "MAX_MULTILABEL", "encode_multilabel", "decode_multilabel", "infer_mode",
            "SegFolderSource", "RleCsvSource", "build_seg_sources"]

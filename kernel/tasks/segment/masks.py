@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from ...registry import ConfigError
+from ...errors import ConfigError
 
 __all__ = ["MAX_CLASSES", "read_mask", "read_class_names", "voc_colormap", "palette", "write_mask_png"]
 

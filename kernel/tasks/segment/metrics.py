@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ...registry import ConfigError
+from ...errors import ConfigError
 
 __all__ = ["MODES", "predict_labels", "confusion_matrix", "image_confusion", "stat_counts", "scores",
            "mean_present", "image_mean_iou", "SegMeter"]

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...engine.amp import autocast
 from .metrics import mean_present, scores, stat_counts
-from .predict import logits_to_masks, mask_palette, write_masks
+from .inference import logits_to_masks, mask_palette, write_masks
 
 __all__ = ["table_names", "oof_table", "image_scores", "cv_miou"]
 

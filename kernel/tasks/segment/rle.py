@@ -13,7 +13,8 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ...registry import ConfigError, did_you_mean
+from ...errors import ConfigError
+from ...registry import did_you_mean
 
 __all__ = ["ORDERS", "check_order", "rle_encode", "rle_decode"]
 

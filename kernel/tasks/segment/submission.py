@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ...registry import ConfigError
+from ...errors import ConfigError
 from .data import CLASS_COLUMNS, RLE_COLUMNS
 
 __all__ = ["SubmissionPlan", "plan_submission", "class_position"]

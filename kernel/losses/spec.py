@@ -25,7 +25,8 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
 
 from torch import Tensor, nn
 
-from ..registry import ConfigError, did_you_mean, is_user_spec, load_user_object
+from ..errors import ConfigError
+from ..registry import did_you_mean, is_user_spec, load_user_object
 from .modules import LOSSES, autocast_off, check, to_fp32
 
 __all__ = ["create_loss", "CombinedLoss", "UserLoss"]

@@ -26,7 +26,7 @@ from PIL import Image
 
 from ...data import REPORT, ImageList, build_loader, settle_unreadable_inputs
 from ...engine.amp import autocast, resolve_amp_dtype
-from ...registry import ConfigError
+from ...errors import ConfigError
 from ...report.files import write_csv
 from .masks import palette, write_mask_png
 from .rle import rle_encode

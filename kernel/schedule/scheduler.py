@@ -33,7 +33,7 @@ from torch.optim import Optimizer
 from torch.optim import lr_scheduler as tls
 
 from .builders import SCHEDULERS, BuildCtx, canonical_name, check_kwargs, resolve_interval
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["LRSchedule", "create_scheduler", "preview_lr", "format_lr_table",
            "warmup_factor"]

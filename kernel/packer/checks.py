@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..config import check_predict_spec, check_values
-from ..registry import ConfigError
+from ..errors import ConfigError
 from .metadata import BuildError, is_secret_name
 from .script import Module
 

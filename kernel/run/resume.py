@@ -23,9 +23,9 @@ from ..engine import (export_safetensors, load_checkpoint, make_checkpoint, pred
                       rng_state, save_checkpoint, set_rng_state)
 from ..engine.distributed import gather_objects, world
 from ..paths import TMP_SUFFIX, atomic_write, detect_platform, find_in_inputs, resolve_path
-from ..registry import ConfigError
+from ..errors import ConfigError
 from ..report import write_metrics_csv
-from .folds import run_name
+from .kfold import run_name
 from .prepare import Prepared
 
 __all__ = ["FitState", "BASE_COLUMNS", "TIME_COLUMNS", "resume_path", "resume_state", "repair_best", "carry_over",

@@ -19,7 +19,7 @@ from ..data import REPORT, build_loader, name_files, read_report, source_path
 from ..engine import load_trained, unwrap_model
 from ..report import read_json, write_csv, write_json
 from ..report.plots import plot_cv
-from .folds import OOF, fold_finished, run_root
+from .kfold import OOF, fold_finished, run_root
 from .prepare import Prepared
 
 __all__ = ["write_fold_oof", "finish_cv", "read_table"]

@@ -6,7 +6,7 @@ as ``RUN/folds.csv``. Fold ``i`` validates on fold ``i`` and trains on the other
 a complete run folder (checkpoints, metrics, pictures). A run folder keeps its folds: a later
 ``--fold i``, a resume or the next Kaggle version reads ``folds.csv`` back; only a fresh ``--fold all``
 (or ``--folds-file``, another run's split) replaces it. A fold is finished once its ``oof.csv``
-exists (:mod:`kernel.run.oof`): ``--fold all --resume auto`` skips finished folds and continues the
+exists (:mod:`kernel.run.crossval`): ``--fold all --resume auto`` skips finished folds and continues the
 one in progress where it stopped.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..data import DataSplit, Subset, fold_indices, make_folds, read_folds_csv, 
 from ..engine.distributed import barrier, world
 from ..options import Options
 from ..paths import TMP_SUFFIX, default_output_dir, detect_platform, find_in_inputs, resolve_path
-from ..registry import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["FOLDS_CSV", "OOF", "FoldPlan", "run_root", "run_name", "fold_number", "plan_folds", "split_for_fold",
            "fold_finished", "clear_other_folds", "carry_over_root", "train_folds"]
