@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from .errors import ConfigError
 from .registry import did_you_mean
 
-__all__ = ["OneLineParser", "field_choices", "parser_from_dataclass", "one_line", "run_file"]
+__all__ = ["OneLineParser", "parser_from_dataclass", "one_line", "run_file"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -52,12 +52,6 @@ class OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
-def field_choices(f: dataclasses.Field) -> Optional[List[str]]:
-    """A field's choices: a tuple, or a callable returning names from a registry (imported only when asked)."""
-    c = f.metadata.get("choices")
-    return list(c()) if callable(c) else (list(c) if c else None)
-
-
 def _type(f: dataclasses.Field) -> Callable[[str], Any]:
     name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
     return {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}.get(name, str)
@@ -71,8 +65,10 @@ def _with_default(help_: str, default: Any, show: bool) -> str:
     return f"{help_} (default: {default!r})"
 
 
-def parser_from_dataclass(cls: type, prog: str, description: str, groups: Sequence[str]) -> OneLineParser:
-    """An argparse parser with one flag per field of ``cls`` that has ``metadata['cli']`` true.
+def parser_from_dataclass(cls: type, prog: str, description: str, groups: Sequence[str],
+                          choices: Callable[[dataclasses.Field], Optional[List[str]]]) -> OneLineParser:
+    """An argparse parser with one flag per field of ``cls`` that has ``metadata['cli']`` true; ``choices(field)``
+    lists a field's allowed values (None: any), from :func:`kernel.config.field_choices`.
 
     Every default is SUPPRESS, so the caller can tell flags given on the command line from defaults
     (a config file sits between the two); help texts show the dataclass default where it means something
@@ -94,7 +90,7 @@ def parser_from_dataclass(cls: type, prog: str, description: str, groups: Sequen
             grp.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
         else:
             extra = {"nargs": m["nargs"]} if m.get("nargs") else {}
-            grp.add_argument(*flags, dest=f.name, type=_type(f), choices=field_choices(f), help=help_,
+            grp.add_argument(*flags, dest=f.name, type=_type(f), choices=choices(f), help=help_,
                              metavar=m.get("metavar"), required=m.get("required", False), **extra)
     return p
 

@@ -13,14 +13,14 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .cli import field_choices, parser_from_dataclass
+from .cli import parser_from_dataclass
 from .errors import ConfigError
-from .options import ONE_SHOT_FLAGS, Options, PredictOptions
+from .options import ONE_SHOT_FLAGS, FromRegistry, Options, PredictOptions
 from .registry import did_you_mean
 
-__all__ = ["build_parser", "parse_options", "parse_img_size", "parse_count", "load_config_file", "check_values", "save_config", "options_to_dict",
+__all__ = ["field_choices", "build_parser", "parse_options", "parse_img_size", "parse_count", "load_config_file", "check_values", "save_config", "options_to_dict",
            "check_predict_spec", "check_predict_ranges"]
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Options)}
@@ -28,10 +28,70 @@ _PREDICT_FIELDS = {f.name: f for f in dataclasses.fields(PredictOptions)}
 _NOT_SAVED = ("config", *ONE_SHOT_FLAGS)
 
 
+# The registries behind FromRegistry choices, imported only when asked: build.py checks configs without torch.
+def _tasks() -> List[str]:
+    from .tasks import TASKS
+    return TASKS.names()
+
+
+def _monitors() -> List[str]:
+    from .tasks import monitor_names
+    return monitor_names()
+
+
+def _seg_modes() -> List[str]:
+    from .tasks.segment.data import MODES
+    return list(MODES)
+
+
+def _bad_images() -> List[str]:
+    from .data.guard import BAD_IMAGES
+    return list(BAD_IMAGES)
+
+
+def _aug_presets() -> List[str]:
+    from .augment.presets import PRESETS
+    return list(PRESETS)
+
+
+def _aug_backends() -> List[str]:
+    from .augment.presets import BACKENDS
+    return list(BACKENDS)
+
+
+def _seg_archs() -> List[str]:
+    from .models.segmentation import SEG_ARCHS
+    return SEG_ARCHS.names()
+
+
+def _optimizers() -> List[str]:
+    from .engine.optim import OPTIMIZERS
+    return OPTIMIZERS.names()
+
+
+def _schedulers() -> List[str]:
+    from .schedule import SCHEDULERS
+    return SCHEDULERS.names()
+
+
+REGISTRY_CHOICES: Dict[str, Callable[[], List[str]]] = {
+    "tasks": _tasks, "monitors": _monitors, "seg_modes": _seg_modes, "bad_images": _bad_images,
+    "aug_presets": _aug_presets, "aug_backends": _aug_backends, "seg_archs": _seg_archs,
+    "optimizers": _optimizers, "schedulers": _schedulers}
+
+
+def field_choices(f: dataclasses.Field) -> Optional[List[str]]:
+    """A field's choices: its fixed tuple, or the names of the registry it names (:class:`FromRegistry`)."""
+    c = f.metadata.get("choices")
+    if isinstance(c, FromRegistry):
+        return [*c.first, *REGISTRY_CHOICES[c.name]()]
+    return list(c) if c else None
+
+
 def build_parser() -> Any:
     """The ``kernel.train`` parser, generated from :class:`Options` (every default SUPPRESS)."""
     p = parser_from_dataclass(Options, "python -m kernel.train", "Train an image model (timm/torchvision).",
-                              ("general", "data", "model", "optimization", "competing"))
+                              ("general", "data", "model", "optimization", "competing"), field_choices)
     p.groups["general"].add_argument("--cuda", dest="device", action="store_const", const="cuda",
                                      help="same as --device cuda (the notes' switch)")
     return p
@@ -99,7 +159,7 @@ def check_values(values: Dict[str, Any], source: str, choices: bool = True) -> D
         f = _FIELDS[name]
         flag = "--" + name.replace("_", "-")
         value = _check_type(f, value, f"{source}: {flag}")
-        known = field_choices(f) if choices or not callable(f.metadata.get("choices")) else None
+        known = field_choices(f) if choices or not isinstance(f.metadata.get("choices"), FromRegistry) else None
         if known and isinstance(value, str) and value not in known:
             raise ConfigError(f"{source}: {flag} {value!r} is not one of {', '.join(known)}"
                               f"{did_you_mean(value, known)}")

@@ -2,64 +2,27 @@
 
 :class:`Options` holds ``kernel.train``'s options, :class:`PredictOptions` ``kernel.predict``'s (and the
 keys of a config file's ``predict:`` section). Field metadata (help, group, choices, flags) is what
-:mod:`kernel.config` turns into argparse parsers and config-file checks. Choices that come from
-registries are callables, imported only when asked. Importing this module imports no torch.
+:mod:`kernel.config` turns into argparse parsers and config-file checks. This module is data only: it imports
+nothing of the bundle, and choices that come from a registry are named (:class:`FromRegistry`), listed by
+:mod:`kernel.config`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
-__all__ = ["Options", "PredictOptions", "DEVICES", "ONE_SHOT_FLAGS"]
+__all__ = ["Options", "PredictOptions", "FromRegistry", "DEVICES", "ONE_SHOT_FLAGS"]
 
 DEVICES = ("auto", "cpu", "cuda")
 ONE_SHOT_FLAGS = ("list_models", "summary", "preview_lr", "show_aug", "check_data", "find_lr")  # options that do one thing and exit
 
 
-# Choices that come from registries, imported only when a parser or a check needs them.
-def _choices_sched() -> List[str]:
-    from .schedule import SCHEDULERS
-    return SCHEDULERS.names()
-
-
-def _choices_aug() -> List[str]:
-    from .augment.presets import PRESETS
-    return list(PRESETS)
-
-
-def _choices_aug_backend() -> List[str]:
-    from .augment.presets import BACKENDS
-    return list(BACKENDS)
-
-
-def _choices_opt() -> List[str]:
-    from .engine.optim import OPTIMIZERS
-    return OPTIMIZERS.names()
-
-
-def _choices_bad_images() -> List[str]:
-    from .data.guard import BAD_IMAGES
-    return list(BAD_IMAGES)
-
-
-def _choices_task() -> List[str]:
-    from .tasks import TASKS
-    return ["auto", *TASKS.names()]
-
-
-def _choices_arch() -> List[str]:
-    from .models.segmentation import SEG_ARCHS
-    return SEG_ARCHS.names()
-
-
-def _choices_seg_mode() -> List[str]:
-    from .tasks.segment.data import MODES
-    return list(MODES)
-
-
-def _choices_monitor() -> List[str]:
-    from .tasks import monitor_names
-    return ["auto", *monitor_names()]
+@dataclass(frozen=True)
+class FromRegistry:
+    """Choices listed by the registry named ``name`` (resolved by :func:`kernel.config.field_choices`, which
+    imports it only when a parser or a check asks), after the fixed names in ``first`` (e.g. ``auto``)."""
+    name: str
+    first: Tuple[str, ...] = ()
 
 
 def _opt(default: Any = None, help: str = "", group: str = "general", *, choices: Any = None,
@@ -108,7 +71,7 @@ class Options:
     find_lr_steps: int = _opt(100, "--find-lr: steps (batches) of the ramp")
     # data
     task: str = _opt("auto", "what to learn: classify (labels per image), segment (a class per pixel); auto: "
-                             "segment when the data has masks", "data", choices=_choices_task)
+                             "segment when the data has masks", "data", choices=FromRegistry("tasks", ("auto",)))
     data: str = _opt("shapes", "ImageFolder train dir, a CSV root with --csv, or 'shapes' (built-in)", "data")
     val_data: str = _opt("", "validation ImageFolder dir (default: split off --val-split)", "data")
     val_split: float = _opt(0.2, "fraction held out for validation when --val-data is not given", "data")
@@ -119,27 +82,27 @@ class Options:
     img_size: Any = _opt(0, "input size S, or H W (HxW) for segmentation (default: the model's config; 256 for "
                             "segmentation)", "data", nargs="+", metavar="SIZE")
     seg_mode: str = _opt("auto", "segmentation masks: binary, multiclass (a class per pixel) or multilabel "
-                                 "(overlapping classes); auto: from the data", "data", choices=_choices_seg_mode)
+                                 "(overlapping classes); auto: from the data", "data", choices=FromRegistry("seg_modes"))
     ignore_index: int = _opt(255, "mask value of void pixels, left out of losses and metrics (-1: none)", "data")
     rle_col: str = _opt("", "RLE column of a segmentation CSV (default: EncodedPixels, rle_mask or rle)", "data")
     class_col: str = _opt("", "class column of an RLE CSV with a row per image and class (e.g. ClassId)", "data")
     rle_order: str = _opt("F", "RLE pixel order: F (column-major, Kaggle's usual) or C (row-major)", "data",
                           choices=("F", "C"))
     bad_images: str = _opt("skip", "an unreadable image: skip (replace it, log it in bad_images.txt) or error (stop)",
-                           "data", choices=_choices_bad_images)
+                           "data", choices=FromRegistry("bad_images"))
     bad_images_limit: float = _opt(0.01, "stop when more than this fraction of the images (training and validation "
                                          "together) is unreadable, and more than --bad-images-floor files", "data")
     bad_images_floor: int = _opt(5, "never stop for this many unreadable images or fewer, however small the data "
                                     "(a small data set survives a few bad files)", "data", metavar="N")
     aug: Any = _opt("default", "augmentation preset (a YAML list gives a custom pipeline)", "data",
-                    choices=_choices_aug)
+                    choices=FromRegistry("aug_presets"))
     aug_backend: str = _opt("auto", "augmentation library (auto prefers imgaug when installed)", "data",
-                            choices=_choices_aug_backend)
+                            choices=FromRegistry("aug_backends"))
     # model
     model: str = _opt("resnet18", "timm name (resnet34, convnext_tiny, ...) or tv:NAME for torchvision; for "
                                   "segmentation the encoder (smp or timm name)", "model")
     arch: str = _opt("unet", "segmentation decoder (smp): unet, fpn, deeplabv3plus, ...", "model",
-                     choices=_choices_arch)
+                     choices=FromRegistry("seg_archs"))
     pretrained: str = _opt("none", "weights: a .pth/.pt/.safetensors file, local-dir:PATH, 'hub' or 'none'", "model")
     in_chans: int = _opt(3, "input channels (the first convolution adapts)", "model")
     freeze: str = _opt("none", "train only the head with 'backbone'", "model", choices=("none", "backbone"))
@@ -149,12 +112,12 @@ class Options:
     epochs: int = _opt(10, "training epochs", "optimization", flags=("--epochs", "--niter"))
     batch_size: int = _opt(32, "images per batch", "optimization")
     lr: float = _opt(1e-3, "learning rate (of the head when --backbone-lr-mult is set)", "optimization")
-    opt: str = _opt("adamw", "optimizer", "optimization", choices=_choices_opt)
+    opt: str = _opt("adamw", "optimizer", "optimization", choices=FromRegistry("optimizers"))
     momentum: float = _opt(0.9, "momentum (sgd, rmsprop)", "optimization")
     weight_decay: float = _opt(0.01, "weight decay (not applied to norms and biases)", "optimization")
     loss: Any = _opt("auto", "loss name, 'dice+bce', file.py:fn, or auto (the task's default)", "optimization")
     loss_kwargs: Any = _opt("", "loss options as k=v,... (e.g. gamma=2,alpha=0.25)", "optimization")
-    sched: str = _opt("cosine", "LR scheduler", "optimization", choices=_choices_sched)
+    sched: str = _opt("cosine", "LR scheduler", "optimization", choices=FromRegistry("schedulers"))
     sched_kwargs: Any = _opt("", "scheduler options as k=v,... (e.g. step_size=5)", "optimization")
     sched_interval: str = _opt("auto", "step the scheduler per optimizer update or per epoch", "optimization",
                                choices=("auto", "step", "epoch"))
@@ -172,7 +135,7 @@ class Options:
     channels_last: bool = _opt(False, "NHWC memory format (faster convolutions on tensor cores)", "optimization")
     compile: bool = _opt(False, "torch.compile the model", "optimization")
     monitor: str = _opt("auto", "metric that picks best.pt and drives plateau/early stopping (auto: the task's)",
-                        "optimization", choices=_choices_monitor)
+                        "optimization", choices=FromRegistry("monitors", ("auto",)))
     early_stop: int = _opt(0, "stop after this many epochs without improvement (0: off)", "optimization")
     threshold: float = _opt(0.5, "segmentation (binary, multilabel): probability above which a pixel is a class",
                             "optimization")

@@ -41,7 +41,7 @@ from .cli import one_line, parser_from_dataclass
 from .data import DataSplit, collect_inputs
 from .engine import load_trained, resolve_device
 from .models import FoldEnsemble
-from .config import check_predict_ranges, check_predict_spec
+from .config import check_predict_ranges, check_predict_spec, field_choices
 from .options import Options, PredictOptions
 from .paths import resolve_path
 from .errors import ConfigError
@@ -251,7 +251,7 @@ def predict_after_training(given: Dict[str, Any], checkpoint: str | os.PathLike,
 def build_parser() -> Any:
     """The ``kernel.predict`` parser, generated from :class:`PredictOptions`."""
     return parser_from_dataclass(PredictOptions, "python -m kernel.predict",
-                                 "Predict images with a trained kernel.train run.", ("general",))
+                                 "Predict images with a trained kernel.train run.", ("general",), field_choices)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

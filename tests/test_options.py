@@ -83,10 +83,28 @@ def test_bad_config_files(tmp_path, text, words):
 def test_choices_come_from_registries():
     from kernel.augment import PRESETS
     from kernel.schedule import SCHEDULERS
+    from kernel.tasks import TASKS
 
     actions = {a.dest: a for a in build_parser()._actions}
     assert list(actions["sched"].choices) == SCHEDULERS.names()
     assert list(actions["aug"].choices) == list(PRESETS)
+    assert list(actions["task"].choices) == ["auto", *TASKS.names()]
+
+
+def test_every_registry_named_by_an_option_lists_its_flag_choices():
+    """options.py names registries (FromRegistry); config.py lists each one, and every listed one is named."""
+    import dataclasses
+
+    from kernel.config import REGISTRY_CHOICES, field_choices
+    from kernel.options import FromRegistry, Options
+
+    named = {f.name: f for f in dataclasses.fields(Options) if isinstance(f.metadata.get("choices"), FromRegistry)}
+    assert {f.metadata["choices"].name for f in named.values()} == set(REGISTRY_CHOICES)
+    actions = {a.dest: a for a in build_parser()._actions}
+    for name, f in named.items():
+        reg = f.metadata["choices"]
+        assert list(actions[name].choices) == [*reg.first, *REGISTRY_CHOICES[reg.name]()] == field_choices(f), name
+        assert REGISTRY_CHOICES[reg.name](), name  # a registry with names in it
 
 
 def test_help_lists_groups():
