@@ -28,7 +28,7 @@ from .cli import one_line
 from .config import parse_options, save_config
 from .data import REPORT, collect_inputs
 from .engine import write_classes_json
-from .engine.distributed import barrier, destroy, init_from_env, self_test, world
+from .engine.distributed import barrier, destroy, init_from_env, world
 from .options import Options
 from .paths import remove_leftovers
 from .errors import ConfigError
@@ -36,6 +36,7 @@ from .report import EpochReporter, attach_log_file, close_logging, read_json, se
 from .run import (as_asked, dry_run_reductions, effective_options, finish, fit, input_shape, prepare, requested,
                   resume_state, run_one_shot, seed_everything)
 from .run.budget import StopControl, StopSignals, process_start, resolve_durations
+from .run.seams import SEAMS
 from .run.resume import carry_over, repair_best
 from .run.folder import resolve_run_folder
 from .run.kfold import OOF, carry_over_root, clear_other_folds, fold_number, run_root, train_folds, write_plan
@@ -92,7 +93,8 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
                              val_dataset=p.val_loader.dataset, tensorboard=opts.tensorboard and world().main,
                              start_epoch=state.start_epoch, every=opts.plot_every, plots=opts.plots)
     with StopSignals() as signals:
-        control = StopControl(**durations, signals=signals, start=process_start(),
+        control = StopControl(**durations, signals=signals, start=process_start(SEAMS.clock), clock=SEAMS.clock,
+                              on_saved=SEAMS.on_saved,
                               predict_reserve=lambda: _after_training(control.val_time, p, n_predict))
         if state.start_epoch > opts.epochs:
             log.info("training already complete (epoch %d of %d): nothing to train", state.last_epoch, opts.epochs)
@@ -163,7 +165,7 @@ def in_group(payload: Dict[str, Any]) -> int:
     try:
         if device.type == "cuda":
             device = torch.device("cuda", w.local_rank)
-        self_test(device)
+        SEAMS.self_test(device)
         log.info("process group of %d (%s); global batch %d", w.size, "nccl" if device.type == "cuda" else "gloo",
                  w.size * opts.batch_size)
         return train(opts)["exit_code"]

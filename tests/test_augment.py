@@ -162,7 +162,7 @@ def test_runtime_failure_falls_back_with_one_warning(caplog, monkeypatch):
             raise RuntimeError("boom")
 
     t._state["pipe"] = Broken()
-    monkeypatch.setattr(aug_backends, "_WARNED", set())
+    aug_backends.forget_first_times()
     img = noise_image()
     with caplog.at_level(logging.WARNING, logger="kernel.augment"):
         outs = [t(img) for _ in range(3)]
@@ -289,11 +289,8 @@ def test_masks_stay_aligned(backend, spec):
 
 # 4. missing imgaug -------------------------------------------------------------------------------
 def test_missing_imgaug_auto_falls_back_once_and_explicit_raises(monkeypatch, caplog):
-    def no_imgaug():
-        raise ImportError(f"imgaug is not importable (blocked); {imgaug_compat.HOW_TO_INSTALL}")
-
-    monkeypatch.setattr(imgaug_compat, "import_imgaug", no_imgaug)
-    monkeypatch.setattr(aug_backends, "_WARNED", set())
+    monkeypatch.setitem(sys.modules, "imgaug.augmenters", None)  # as if imgaug were not installed
+    aug_backends.forget_first_times()
     with caplog.at_level(logging.WARNING, logger="kernel.augment"):
         ts = [build(p, "auto") for p in ("default", "heavy", "light")]
     assert [t.backend for t in ts] == ["torchvision"] * 3
@@ -365,7 +362,7 @@ def test_custom_lists_each_backend():
 
 
 def test_rgb_only_ops_skipped_for_other_channel_counts(caplog, monkeypatch):
-    monkeypatch.setattr(aug_backends, "_WARNED", set())  # the warning is once per process
+    aug_backends.forget_first_times()  # the warning is once per process
     with caplog.at_level(logging.WARNING, logger="kernel.augment"):
         t = build(["Fliplr", "Grayscale", {"AddToHueAndSaturation": {"value": 10}}], "imgaug", in_chans=4)
     check_output(t(shapes_sample(40, 40, 4)[0]), 32, 4, False)

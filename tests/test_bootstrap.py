@@ -12,18 +12,18 @@ from kernel.packer import bootstrap
 
 @pytest.fixture
 def sources(monkeypatch):
-    """A private _SOURCES table and meta_path, restored afterwards."""
-    monkeypatch.setattr(bootstrap, "_SOURCES", {})
+    """A private sources table (the bootstrap's ``table``/``sources`` parameters) and meta_path, restored afterwards."""
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
-    yield bootstrap._SOURCES
+    yield {}
     for name in [n for n in sys.modules if n.startswith("kernel_user")]:
         del sys.modules[name]
 
 
 def test_embedded_modules_import_with_real_file_names_and_lines(sources, monkeypatch):
-    bootstrap._add("kernel_user", "kernel_user/__init__.py", True, "")
-    bootstrap._add("kernel_user.maths", "kernel_user/maths.py", False, "X = 41\n\ndef boom():\n    raise ValueError(X + 1)\n")
-    finder = bootstrap._EmbeddedModules()
+    bootstrap._add("kernel_user", "kernel_user/__init__.py", True, "", table=sources)
+    bootstrap._add("kernel_user.maths", "kernel_user/maths.py", False, "X = 41\n\ndef boom():\n    raise ValueError(X + 1)\n",
+                   table=sources)
+    finder = bootstrap._EmbeddedModules(sources)
     monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
     import kernel_user.maths as maths
 
@@ -38,11 +38,10 @@ def test_embedded_modules_import_with_real_file_names_and_lines(sources, monkeyp
 def test_install_puts_the_hook_first_and_replaces_an_older_one(sources, monkeypatch):
     # Only kernel_user is dropped from sys.modules here: dropping this process's `kernel` would leave
     # later tests with two copies of every class (ConfigError included).
-    monkeypatch.setattr(bootstrap, "_TOPS", ("kernel_user",))
-    bootstrap._add("kernel_user", "kernel_user/__init__.py", True, "VALUE = 'embedded'\n")
+    bootstrap._add("kernel_user", "kernel_user/__init__.py", True, "VALUE = 'embedded'\n", table=sources)
     sys.modules["kernel_user"] = types.ModuleType("kernel_user")  # e.g. imported from a dataset earlier
-    bootstrap._install()
-    bootstrap._install()  # a re-run of the script must not stack hooks
+    bootstrap._install(sources, tops=("kernel_user",))
+    bootstrap._install(sources, tops=("kernel_user",))  # a re-run of the script must not stack hooks
     assert isinstance(sys.meta_path[0], bootstrap._EmbeddedModules)
     assert sum(getattr(f, "_kernel_packed", False) for f in sys.meta_path) == 1
     import kernel_user

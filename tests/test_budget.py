@@ -1,7 +1,6 @@
 """The time budget's arithmetic on a fake clock: durations, the platform defaults, when a run saves and stops."""
 from __future__ import annotations
 
-import types
 
 import pytest
 
@@ -37,7 +36,7 @@ def test_auto_takes_the_platform_default(monkeypatch, env, limit, every):
 
 
 class _Clock:
-    """Stands in for the budget's ``time`` module; the test moves it."""
+    """The budget's clock (StopControl's ``clock`` seam); the test moves it."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -47,15 +46,13 @@ class _Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch) -> _Clock:
-    fake = _Clock()
-    monkeypatch.setattr(budget, "time", types.SimpleNamespace(time=fake.time))
-    return fake
+def clock() -> _Clock:
+    return _Clock()
 
 
 def _control(clock: _Clock, limit, every=None, reserve=0.0, signals=None) -> budget.StopControl:
     return budget.StopControl(time_limit=limit, save_every=every, signals=signals or budget.StopSignals(),
-                              start=clock.now, predict_reserve=lambda: reserve)
+                              start=clock.now, predict_reserve=lambda: reserve, clock=clock.time)
 
 
 def test_stops_at_the_first_update_after_which_the_rest_would_not_fit(clock):
@@ -89,6 +86,19 @@ def test_saves_inside_the_epoch_every_period_without_stopping(clock):
         assert control.after_update(3, done, dict, lambda e, d, s: saves.append(d)) is False
     assert saves == [10, 20] and control.reason == ""
     assert control.remaining() == float("inf")
+
+
+def test_every_save_is_told_to_the_on_saved_callbacks_in_order(clock):
+    """The seam the kill tests pause on: each save inside an epoch (after batch d), then the epoch's end (0)."""
+    heard = []
+    control = budget.StopControl(time_limit=None, save_every=10.0, signals=budget.StopSignals(), start=clock.now,
+                                 predict_reserve=lambda: 0.0, clock=clock.time,
+                                 on_saved=[lambda e, b: heard.append((e, b))])
+    for done in range(1, 26):
+        clock.now += 1.0
+        control.after_update(3, done, dict, lambda e, d, s: heard.append(("written", d)))
+    control.saved(3, 0)
+    assert heard == [("written", 10), (3, 10), ("written", 20), (3, 20), (3, 0)]
 
 
 def test_a_signal_stops_at_the_next_update_after_saving(clock):

@@ -151,3 +151,37 @@ def test_the_checks_fail_on_an_upward_import_a_cycle_and_a_shared_name(tmp_path)
 def test_options_is_data_only():
     """options.py names its registries' choices (FromRegistry) instead of importing them."""
     assert import_edges(ROOT / "kernel").get("kernel.options", set()) == set()
+
+
+def kernel_attributes_replaced(tests: Path) -> List[str]:
+    """``monkeypatch.setattr``/``setattr`` calls in ``tests`` whose target is a kernel module or class (a name bound
+    by importing from ``kernel``, or a ``"kernel...."`` string): a seam replaced from outside instead of declared."""
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        from_kernel = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "kernel":
+                from_kernel.update(a.asname or a.name for a in node.names)
+            elif isinstance(node, ast.Import):
+                from_kernel.update((a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("kernel"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "setattr" \
+                    and node.args:
+                target = node.args[0]
+                while isinstance(target, ast.Attribute):
+                    target = target.value
+                if (isinstance(target, ast.Name) and target.id in from_kernel) or \
+                        (isinstance(target, ast.Constant) and str(target.value).startswith("kernel.")):
+                    found.append(f"{path.relative_to(tests.parent)}:{node.lineno}")
+    return found
+
+
+def test_no_test_replaces_a_kernel_attribute(tmp_path):
+    """Tests use the declared seams (kernel.run.seams, parameters); the check itself catches both spellings."""
+    assert kernel_attributes_replaced(ROOT / "tests") == []
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "from kernel.run import budget\n\ndef test(monkeypatch):\n    monkeypatch.setattr(budget, 'time', None)\n"
+        "    monkeypatch.setattr('kernel.predict.os.access', None)\n")
+    assert kernel_attributes_replaced(tmp_path / "tests") == ["tests/test_x.py:4", "tests/test_x.py:5"]

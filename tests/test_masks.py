@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from kernel.errors import ConfigError
-from kernel.tasks.segment import masks as masks_mod
 from kernel.tasks.segment.masks import palette, read_class_names, read_mask, voc_colormap, write_mask_png
 
 INDEX = np.array([[0, 1, 2, 2, 0],
@@ -311,7 +310,7 @@ def test_failed_write_leaves_no_temp_file_and_keeps_the_old_mask(tmp_path, monke
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(masks_mod.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     msg = _one_line_error(write_mask_png, np.zeros((2, 2), np.uint8), out, palette(2))
     assert "m.png" in msg and "No space left" in msg
     assert sorted(os.listdir(tmp_path)) == ["m.png"] and out.read_bytes() == before

@@ -83,22 +83,13 @@ def test_show_aug_titles_each_classification_sample_with_its_label(tmp_path):
     assert Path(result["show_aug"]).is_file() and Path(result["show_aug"]).parent == tmp_path / "aug"
 
 
-def test_show_aug_overlays_each_segmentation_mask_and_names_its_classes(tmp_path, monkeypatch):
+def test_show_aug_overlays_each_segmentation_mask_and_names_its_classes(tmp_path):
     """The masks reach the grid with the run's class colours (predictions.png's), and each tile is titled with the
     classes in its augmented mask; aug_tile's own test checks the colours land where the mask is."""
-    from kernel.augment import grid
-    from kernel.tasks import segment
-
-    drawn = {}
-
-    def spy(samples, mean, std, path, ncol=None, **drawing):
-        drawn.update(samples=samples, **drawing)
-        return grid.save_aug_grid(samples, mean, std, path, ncol, **drawing)
-
-    monkeypatch.setattr(segment, "save_aug_grid", spy)
     result, opts = _show_aug(tmp_path, "--task", "segment", "--data", "shapes", "--model", "tu-test_resnet",
                              "--dry-run")
     split = prepare_data(opts, get_task("segment"))
+    drawn = {"samples": result["tiles"], **result["drawing"]}
     assert drawn["colors"] == [list(c) for c in split.meta["colors"]] and drawn["names"] == split.classes
     masks = [torch.as_tensor(m) for _, m in drawn["samples"] if m is not None]
     assert len(masks) == 6 and any((m > 0).any() for m in masks)  # a crop may leave a tile without its shape

@@ -1,6 +1,7 @@
 """python -m kernel.predict: agrees with training, TTA, submissions (own columns or a sample's), inputs, errors."""
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -203,7 +204,7 @@ def test_default_outputs_go_beside_the_run_and_never_replace_an_earlier_predicti
     assert list(cwd.iterdir()) == []
 
     # a read-only run folder (a Kaggle input): predict/ in the current folder
-    monkeypatch.setattr("kernel.predict.os.access", lambda path, mode: False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # every folder read-only
     assert predict_main(argv) == 0
     assert sorted(p.name for p in (cwd / "predict").iterdir()) == ["predictions.csv", "submission.csv"]
     monkeypatch.undo()

@@ -33,6 +33,12 @@ def first_time(key: str) -> bool:
     return True
 
 
+def forget_first_times() -> None:
+    """Every key of :func:`first_time` is new again (its warnings are given once more): for tests and for a
+    notebook that builds its pipelines afresh."""
+    _WARNED.clear()
+
+
 def warn_once(key: str, msg: str) -> None:
     """Log ``msg`` as a warning once per process per ``key`` (workers would repeat it per sample)."""
     if first_time(key):

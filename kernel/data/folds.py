@@ -47,13 +47,16 @@ __all__ = ["make_folds", "write_folds_csv", "read_folds_csv", "fold_indices"]
 
 
 def make_folds(n: int, k: int, seed: int, *, labels: Optional[Sequence] = None,
-               multilabel: Optional[np.ndarray] = None, groups: Optional[Sequence] = None) -> np.ndarray:
+               multilabel: Optional[np.ndarray] = None, groups: Optional[Sequence] = None,
+               group_shuffle: Optional[bool] = None) -> np.ndarray:
     """Assign each of ``n`` samples a validation fold in ``0..k-1``.
 
     ``labels``: (n,) class of each sample (ints or strings) -> stratified folds.
     ``multilabel``: (n, C) 0/1 (any numeric or bool dtype) -> iteratively stratified folds.
     ``groups``: (n,) group id of each sample (e.g. patient); no group is in two folds.
     With none of them the samples are split at random ("by image").
+    ``group_shuffle``: whether ``GroupKFold`` takes a seed (None: ask the installed scikit-learn, >= 1.6; False:
+    the path for older versions, a seeded ``StratifiedGroupKFold`` on constant labels).
     Returns an (n,) int64 array of fold indices.
     """
     if k < 2:
@@ -81,18 +84,19 @@ def make_folds(n: int, k: int, seed: int, *, labels: Optional[Sequence] = None,
     with warnings.catch_warnings():
         # _check_class_sizes already warned, naming the class; the library's own warning adds nothing
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        return _split(n, k, seed, labels, multilabel, groups)
+        return _split(n, k, seed, labels, multilabel, groups,
+                      _group_kfold_shuffles() if group_shuffle is None else group_shuffle)
 
 
 def _split(n: int, k: int, seed: int, labels: Optional[np.ndarray], multilabel: Optional[np.ndarray],
-           groups: Optional[np.ndarray]) -> np.ndarray:
+           groups: Optional[np.ndarray], group_shuffle: bool) -> np.ndarray:
     """Run the library splitter that fits the inputs; (n,) int64 folds."""
     from sklearn import model_selection as ms
 
     y = labels
     if groups is not None and labels is not None:
         splitter = ms.StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    elif groups is not None and _group_kfold_shuffles():
+    elif groups is not None and group_shuffle:
         splitter = ms.GroupKFold(n_splits=k, shuffle=True, random_state=seed)
     elif groups is not None:  # scikit-learn < 1.6: GroupKFold would ignore the seed
         splitter = ms.StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)

@@ -21,9 +21,9 @@ _TOPS = ("kernel", "kernel_user")
 _VENDORED = ("imgaug", "segmentation_models_pytorch")
 
 
-def _add(name, filename, is_package, source):
-    """Register one embedded module (called once per module by the packed script)."""
-    _SOURCES[name] = (filename, is_package, source)
+def _add(name, filename, is_package, source, table=None):
+    """Register one embedded module in ``table`` (:data:`_SOURCES`; called once per module by the packed script)."""
+    (_SOURCES if table is None else table)[name] = (filename, is_package, source)
 
 
 class _EmbeddedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -31,8 +31,11 @@ class _EmbeddedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     _kernel_packed = True  # lets a re-run of this file find and replace an older hook
 
+    def __init__(self, sources=None):
+        self.sources = _SOURCES if sources is None else sources  # a test's own table
+
     def find_spec(self, fullname, path=None, target=None):
-        entry = _SOURCES.get(fullname)
+        entry = self.sources.get(fullname)
         if entry is None:
             return None
         spec = importlib.util.spec_from_loader(fullname, self, origin=entry[0], is_package=entry[1])
@@ -46,23 +49,25 @@ class _EmbeddedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(self.get_code(module.__name__), module.__dict__)  # noqa: S102 - our own embedded sources
 
     def is_package(self, fullname):
-        return _SOURCES[fullname][1]
+        return self.sources[fullname][1]
 
     def get_source(self, fullname):
-        return _SOURCES[fullname][2]
+        return self.sources[fullname][2]
 
     def get_code(self, fullname):
-        filename, _, source = _SOURCES[fullname]
+        filename, _, source = self.sources[fullname]
         return compile(source, filename, "exec", dont_inherit=True)
 
 
-def _install():
-    """Put the hook first on sys.meta_path, so an installed or dataset `kernel` never shadows ours."""
-    for name in [n for n in sys.modules if n.split(".")[0] in _TOPS]:
+def _install(sources=None, tops=_TOPS):
+    """Put the hook first on sys.meta_path, so an installed or dataset `kernel` never shadows ours; the modules of
+    the top-level packages ``tops`` imported before are dropped. ``sources``: :data:`_SOURCES` (a test's own)."""
+    sources = _SOURCES if sources is None else sources
+    for name in [n for n in sys.modules if n.split(".")[0] in tops]:
         del sys.modules[name]  # e.g. `kernel` imported from the code dataset earlier in a notebook
     sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "_kernel_packed", False)]
-    sys.meta_path.insert(0, _EmbeddedModules())
-    for filename, _, source in _SOURCES.values():
+    sys.meta_path.insert(0, _EmbeddedModules(sources))
+    for filename, _, source in sources.values():
         # mtime None: linecache.checkcache keeps the entry, so tracebacks show these lines.
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
 

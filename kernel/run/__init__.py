@@ -1,6 +1,6 @@
-"""A training run in stages: :mod:`.prepare` (options -> data -> model -> optimization), :mod:`.checkpoints`
+"""A training run in stages: :mod:`.prepare` (options -> data -> model -> optimization), :mod:`.resume`
 (where a run stands, resuming, saving), :mod:`.fit` (the epoch loop, the summary), :mod:`.budget` (time limit,
-mid-epoch saves, signals), :mod:`.launch` (one process per device), :mod:`.oneshots` (commands that look and exit)
+mid-epoch saves, signals), :mod:`.seams` (its clock, save callbacks and group check), :mod:`.launch` (one process per device), :mod:`.oneshots` (commands that look and exit)
 and :mod:`.lr_find` (the learning-rate range test). ``kernel.train`` wires them together.
 """
 from .resume import FitState, carry_over, repair_best, resume_path, resume_state

@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from ..engine.distributed import all_reduce_max, world
 from ..paths import detect_platform
@@ -53,8 +53,8 @@ def resolve_durations(time_limit: str, save_every: str) -> Dict[str, Optional[fl
     return {"time_limit": parse_duration(limit, "time-limit"), "save_every": parse_duration(every, "save-every")}
 
 
-def process_start() -> float:
-    """When this process (or the run's launcher, ``KERNEL_START_TIME``) started, as a wall-clock time.
+def process_start(clock: Callable[[], float] = time.time) -> float:
+    """When this process (or the run's launcher, ``KERNEL_START_TIME``) started, as a wall-clock time of ``clock``.
 
     The time limit counts from there: on Kaggle the clock starts with the session, not with training.
     """
@@ -65,9 +65,9 @@ def process_start() -> float:
             ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
         with open("/proc/uptime") as fh:
             uptime = float(fh.read().split()[0])
-        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+        return clock() - uptime + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        return time.time()
+        return clock()
 
 
 class StopSignals:
@@ -107,20 +107,23 @@ class StopSignals:
 class StopControl:
     """The decisions taken after each optimizer update: save inside the epoch, stop (see the module doc).
 
-    ``save(epoch, batches_done, snapshot)`` writes a mid-epoch ``last.pt`` (the caller's closure).
+    ``save(epoch, batches_done, snapshot)`` writes a mid-epoch ``last.pt`` (the caller's closure). Time is read
+    only from ``clock``; ``on_saved(epoch, batch)`` callbacks hear of every save (:meth:`saved`), those inside an
+    epoch and, told by the epoch loop, those at an epoch's end (batch 0). See :mod:`kernel.run.seams`.
     """
 
     def __init__(self, *, time_limit: Optional[float], save_every: Optional[float], signals: StopSignals,
-                 start: float, predict_reserve: Callable[[], float]):
+                 start: float, predict_reserve: Callable[[], float], clock: Callable[[], float] = time.time,
+                 on_saved: Sequence[Callable[[int, int], None]] = ()):
         self.limit, self.every, self.signals, self.start = time_limit, save_every, signals, start
-        self.predict_reserve = predict_reserve
+        self.predict_reserve, self.clock, self.on_saved = predict_reserve, clock, list(on_saved)
         # the first save's cost is unknown: guess 1 s (measured from the first save on)
-        self.last_save, self.save_cost, self.update_time, self.val_time = time.time(), 1.0, 0.0, 0.0
+        self.last_save, self.save_cost, self.update_time, self.val_time = clock(), 1.0, 0.0, 0.0
         self._last_update: Optional[float] = None
         self.reason = ""
 
     def remaining(self) -> float:
-        return float("inf") if self.limit is None else self.start + self.limit - time.time()
+        return float("inf") if self.limit is None else self.start + self.limit - self.clock()
 
     def _needed(self) -> float:
         """Time to run the next update and the epoch's validation, save, and predict, with a margin."""
@@ -130,7 +133,7 @@ class StopControl:
     def after_update(self, epoch: int, done: int, snapshot: Callable[[], Dict[str, Any]],
                      save: Callable[[int, int, Callable[[], Dict[str, Any]]], None]) -> bool:
         """Called by the loop after each update: maybe save; True to stop the epoch here (saved first)."""
-        now = time.time()
+        now = self.clock()
         if self._last_update is not None:
             self.update_time = 0.8 * self.update_time + 0.2 * (now - self._last_update) if self.update_time else \
                 now - self._last_update
@@ -143,11 +146,17 @@ class StopControl:
         if decision == 0:
             return False
         self.reason = "signal" if decision & 4 else "time_limit" if decision & 2 else ""
-        t0 = time.time()
+        t0 = self.clock()
         save(epoch, done, snapshot)
-        self.save_cost, self.last_save = max(self.save_cost * 0.5, time.time() - t0), time.time()
+        self.save_cost, self.last_save = max(self.save_cost * 0.5, self.clock() - t0), self.clock()
         self._last_update = self.last_save  # the next update's time, not the save's
+        self.saved(epoch, done)
         return bool(self.reason)
+
+    def saved(self, epoch: int, batch: int) -> None:
+        """``last.pt`` was saved (inside ``epoch`` after ``batch`` batches; 0: at its end): tell the callbacks."""
+        for callback in self.on_saved:
+            callback(epoch, batch)
 
     def before_epoch(self) -> bool:
         """At an epoch's start: stop here when not even a few updates and the validation would fit."""

@@ -107,6 +107,7 @@ def fit(p: Prepared, state: FitState, reporter: EpochReporter, control: StopCont
         state.history.append(row)
         state.last_epoch, state.start_epoch, state.batch, state.partial = epoch, epoch + 1, 0, None
         save_epoch(p, state, improved)
+        control.saved(state.last_epoch, 0)
         if world().main:
             reporter.on_epoch_end(epoch, state.history, val, improved=improved, best_epoch=state.best_epoch)
         log.info("epoch %d/%d  lr %.3g  train loss %.4f%s  val loss %.4f%s%s  %.0f img/s  %.1fs", epoch, o.epochs,

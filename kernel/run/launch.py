@@ -35,6 +35,7 @@ from ..cli import one_line
 from ..config import options_to_dict
 from ..options import Options
 from .budget import StopSignals, process_start
+from .seams import SEAMS
 
 __all__ = ["devices_wanted", "auto_workers", "in_torchrun", "launch"]
 
@@ -93,7 +94,7 @@ def launch(opts: Options, n: int, entry: Callable[[Dict], int], single: Callable
         old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
         try:
             # the time limit counts from this session's start, not from the children's
-            ctx = start_processes(_child, args=(config, n, _free_port(), process_start(), entry), nprocs=n,
+            ctx = start_processes(_child, args=(config, n, _free_port(), process_start(SEAMS.clock), entry), nprocs=n,
                                   join=False, start_method="spawn")
             signalled: List[int] = []  # the stop signals this process passed on: the children are saving, not failing
             old[signal.SIGTERM] = signal.signal(signal.SIGTERM,

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from ..augment import seed_worker
+from ..augment import save_aug_grid, seed_worker
 from ..data import REPORT, ReadGuard, TransformedDataset, build_loader, name_files, read_report, too_many_bad
 from ..engine import make_scaler, resolve_amp_dtype, resolve_device
 from ..options import Options
@@ -47,9 +47,10 @@ def _show_aug(opts: Options) -> Dict[str, Any]:
     _, dcfg = prepare_model(opts, task, split)
     ds = TransformedDataset(split.train, task.transform(opts, dcfg, train=True), with_mask=True)
     path = run_dir_of(opts) / "augmentations.png"
-    titles = task.show_aug([ds[i % len(ds)] for i in range(opts.show_aug)], split, dcfg, path)
+    tiles, drawing = task.show_aug([ds[i % len(ds)] for i in range(opts.show_aug)], split)
+    save_aug_grid(tiles, dcfg["mean"], dcfg["std"], path, **drawing)
     log.info("wrote %s", path)
-    return {"show_aug": str(path), "titles": titles}
+    return {"show_aug": str(path), "titles": drawing["titles"], "tiles": tiles, "drawing": drawing}
 
 
 def _preview_lr(opts: Options) -> Dict[str, Any]:

@@ -90,11 +90,11 @@ class Task:
         """
         raise NotImplementedError
 
-    def show_aug(self, samples: Sequence[Tuple[Any, Any, Any]], split: Any, dcfg: Dict[str, Any],
-                 path: Any) -> List[str]:
-        """Draw ``--show-aug``'s grid of augmented training samples ``(image, target, mask)`` to ``path``, each
-        tile titled and overlaid so a person can check the augmentation kept image and label together;
-        returns the titles drawn."""
+    def show_aug(self, samples: Sequence[Tuple[Any, Any, Any]], split: Any) -> Tuple[List[Tuple[Any, Any]], Dict[str, Any]]:
+        """What ``--show-aug``'s grid draws of augmented training samples ``(image, target, mask)``, so a person can
+        check the augmentation kept image and label together: the tiles ``(image (C,H,W), mask (H,W) or None)``
+        and the drawing keywords of :func:`kernel.augment.grid.save_aug_grid` (``titles``; overlays: ``colors``,
+        ``names``, ``ignore_index``)."""
         raise NotImplementedError
 
     def export_meta(self, split: Any) -> Dict[str, Any]:

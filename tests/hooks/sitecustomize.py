@@ -1,6 +1,7 @@
 """Hooks for the ``kernel`` processes a test starts, so that where a save, a stop or a kill lands never depends on
 how fast the machine is. Python imports this module at start-up when ``conftest.subprocess_env(hooks=...)`` puts
-this folder on ``PYTHONPATH`` (launched children inherit it); each hook is on only when its variable is set:
+this folder on ``PYTHONPATH`` (launched children inherit it). Each hook goes through the run's declared seams
+(:mod:`kernel.run.seams`) and is on only when its variable is set:
 
 ``KERNEL_TEST_TICKS``  every read of the time budget's clock is one second after the last, so ``--save-every 3``
                        saves every few updates, at the same updates on any machine.
@@ -20,15 +21,11 @@ def _on(name: str) -> bool:
 
 
 def _install() -> None:
-    import importlib
     import signal
     import time
-    import types
 
-    # the modules (kernel.run also exports a function named ``fit``); not kernel.train, which ``python -m`` runs
-    # afresh as __main__: it takes ``self_test`` from kernel.engine.distributed when it starts, after this patch
-    budget, fit, distributed = (importlib.import_module(f"kernel.{name}") for name in (
-        "run.budget", "run.fit", "engine.distributed"))
+    from kernel.engine.distributed import SelfTestFailed
+    from kernel.run.seams import install  # the run's declared seams: nothing of kernel is replaced
 
     if _on("TICKS") or _on("JUMP"):
         ticking, ticks, ahead = _on("TICKS"), [time.time()], [0.0]
@@ -37,27 +34,22 @@ def _install() -> None:
             ticks[0] += 1.0
             return (ticks[0] if ticking else time.time()) + ahead[0]
 
-        budget.time = types.SimpleNamespace(time=clock)
+        install(clock=clock)
         if _on("JUMP"):
             signal.signal(signal.SIGUSR1, lambda *_: ahead.__setitem__(0, 12 * 3600.0))
 
     if _on("PAUSE"):
-        def pausing(save, where):
-            def saved_then_paused(*args):
-                save(*args)
-                epoch, batch = where(*args)
-                os.write(2, f"test-hook: paused pid {os.getpid()} at epoch {epoch}, batch {batch}\n".encode())
-                os.kill(os.getpid(), signal.SIGSTOP)
-            return saved_then_paused
+        def paused(epoch: int, batch: int) -> None:
+            os.write(2, f"test-hook: paused pid {os.getpid()} at epoch {epoch}, batch {batch}\n".encode())
+            os.kill(os.getpid(), signal.SIGSTOP)
 
-        fit.save_position = pausing(fit.save_position, lambda p, state, epoch, batch, snapshot: (epoch, batch))
-        fit.save_epoch = pausing(fit.save_epoch, lambda p, state, improved: (state.last_epoch, 0))
+        install(on_saved=paused)
 
     if _on("SELFTEST"):
-        def failing_self_test(device):
-            raise distributed.SelfTestFailed("the all-reduce self-test timed out (made to by KERNEL_TEST_SELFTEST)")
+        def failing_self_test(device) -> None:
+            raise SelfTestFailed("the all-reduce self-test timed out (made to by KERNEL_TEST_SELFTEST)")
 
-        distributed.self_test = failing_self_test
+        install(self_test=failing_self_test)
 
 
 if any(_on(name) for name in ("TICKS", "JUMP", "PAUSE", "SELFTEST")):

@@ -14,7 +14,7 @@ from typing import AbstractSet, Any, Callable, Dict, List, Optional, Sequence, T
 import torch
 from torch import nn
 
-from ...augment import build_transform, save_aug_grid
+from ...augment import build_transform
 from ...data import DataSplit, ImageList, build_loader, build_sources, settle_unreadable_inputs
 from ...engine.amp import autocast, resolve_amp_dtype
 from ...models import create_model, list_models, resolve_data_config
@@ -112,12 +112,11 @@ class ClassifyTask(Task):
         prior = class_prior(split.train, n, split.multilabel) if split.train is not None else [1.0 / n] * n
         return {**split.meta, "multilabel": bool(split.multilabel), "prior": prior}
 
-    def show_aug(self, samples: Sequence[Tuple[Any, Any, Any]], split: DataSplit, dcfg: Dict[str, Any],
-                 path: Any) -> List[str]:
+    def show_aug(self, samples: Sequence[Tuple[Any, Any, Any]],
+                 split: DataSplit) -> Tuple[List[Tuple[Any, Any]], Dict[str, Any]]:
         """Each tile titled with its label (multi-label: every label, '-' for none)."""
-        titles = [label_text(target, split.classes) for _, target, _ in samples]
-        save_aug_grid([(image, None) for image, _, _ in samples], dcfg["mean"], dcfg["std"], path, titles=titles)
-        return titles
+        return [(image, None) for image, _, _ in samples], {
+            "titles": [label_text(target, split.classes) for _, target, _ in samples]}
 
     def predict(self, trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
                 device: torch.device) -> Dict[str, Any]:

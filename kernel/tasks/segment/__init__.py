@@ -16,7 +16,7 @@ from typing import AbstractSet, Any, Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...augment import build_transform, save_aug_grid
+from ...augment import build_transform
 from ...data import DEFAULT_DATA_CONFIG, DataSplit, fit_channel_stats
 from ...models.segmentation import create_seg_model, list_seg_models
 from ...errors import ConfigError
@@ -131,16 +131,15 @@ class SegmentTask(Task):
         if worst is not None and len(worst["index"]):
             safe("predictions.png", lambda: _draw_worst(worst, split, val_dataset, dcfg, run_dir, title), True)
 
-    def show_aug(self, samples: Sequence[Tuple[Any, Any, Any]], split: DataSplit, dcfg: Dict[str, Any],
-                 path: Any) -> List[str]:
+    def show_aug(self, samples: Sequence[Tuple[Any, Any, Any]],
+                 split: DataSplit) -> Tuple[List[Tuple[Any, Any]], Dict[str, Any]]:
         """Each mask overlaid in its classes' colours (those of predictions.png, with a legend), each tile titled
         with the classes its mask holds ('-': background only)."""
         shown = [display_masks(torch.as_tensor(mask)[None], split) for _, _, mask in samples]
         _, names, colors = shown[0]
         titles = [", ".join(mask_classes(torch.as_tensor(mask), split)) or "-" for _, _, mask in samples]
-        save_aug_grid([(image, index[0]) for (image, _, _), (index, _, _) in zip(samples, shown)], dcfg["mean"],
-                      dcfg["std"], path, titles=titles, colors=colors, ignore_index=ignore_index(split), names=names)
-        return titles
+        tiles = [(image, index[0]) for (image, _, _), (index, _, _) in zip(samples, shown)]
+        return tiles, {"titles": titles, "colors": colors, "ignore_index": ignore_index(split), "names": names}
 
     def export_meta(self, split: DataSplit) -> Dict[str, Any]:
         return dict(split.meta)
