@@ -19,7 +19,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernel.models import create_model  # noqa: E402
-from kernel.engine import autocast, make_scaler, resolve_amp_dtype, train_one_epoch  # noqa: E402
+from kernel.engine import StepConfig, autocast, make_scaler, resolve_amp_dtype, train_one_epoch  # noqa: E402
 from kernel.tasks.classify import ClassifyMeter  # noqa: E402
 
 
@@ -75,9 +75,9 @@ def main() -> None:
             else:
                 model.train()
                 # With the classify task's meter, as a real run: the accuracy counts are part of our loop.
-                m = train_one_epoch(model, batches, opt, loss_fn, device=device, amp_dtype=dtype,
-                                    scaler=make_scaler(device, dtype), meter=ClassifyMeter())
-                ours.append(m["img_per_s"])
+                m = train_one_epoch(model, batches, opt, StepConfig(loss_fn, device, dtype, make_scaler(device, dtype)),
+                                    meter=ClassifyMeter())
+                ours.append(m.img_per_s)
     o, pl = statistics.median(ours), statistics.median(plain)
     print(f"{a.model} {a.img_size}px bs{a.batch_size} {device} threads={a.threads} "
           f"precision={'fp32' if dtype is None else str(dtype)[6:]}")

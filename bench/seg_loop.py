@@ -21,7 +21,7 @@ from typing import List, Tuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel.engine import amp_name, make_scaler, resolve_amp_dtype, resolve_device, train_one_epoch  # noqa: E402
+from kernel.engine import StepConfig, amp_name, make_scaler, resolve_amp_dtype, resolve_device, train_one_epoch  # noqa: E402
 from kernel.losses import create_loss  # noqa: E402
 from kernel.models.segmentation import create_seg_model  # noqa: E402
 from kernel.errors import ConfigError  # noqa: E402
@@ -77,9 +77,9 @@ def main(argv: List[str] | None = None) -> None:
             else:
                 model.train()
                 # A fresh meter per epoch, as a real run: its compute() at the end is timed too.
-                m = train_one_epoch(model, batches, opt, loss_fn, device=device, amp_dtype=dtype,
-                                    scaler=make_scaler(device, dtype), meter=SegMeter(a.num_classes, "multiclass"))
-                ours.append(m["img_per_s"])
+                m = train_one_epoch(model, batches, opt, StepConfig(loss_fn, device, dtype, make_scaler(device, dtype)),
+                                    meter=SegMeter(a.num_classes, "multiclass"))
+                ours.append(m.img_per_s)
     o, pl = statistics.median(ours), statistics.median(plain)
     print(f"{a.arch}/{a.encoder} {a.num_classes} classes {a.img_size}px bs{a.batch_size} x{a.batches} batches "
           f"{device} threads={a.threads} precision={amp_name(dtype)} loss=dice+ce")

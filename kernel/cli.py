@@ -15,7 +15,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .errors import ConfigError
-from .registry import did_you_mean
+from .registry import did_you_mean, is_user_spec
 
 __all__ = ["OneLineParser", "parser_from_dataclass", "one_line", "run_file"]
 
@@ -34,6 +34,8 @@ class OneLineParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if getattr(action, "user_code", False) and is_user_spec(value):
+            return  # file.py:Name beside the registry's names (a user's Task class)
         if action.choices is not None and value not in action.choices:
             hint = did_you_mean(str(value), [str(c) for c in action.choices])
             raise argparse.ArgumentError(
@@ -90,8 +92,9 @@ def parser_from_dataclass(cls: type, prog: str, description: str, groups: Sequen
             grp.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
         else:
             extra = {"nargs": m["nargs"]} if m.get("nargs") else {}
-            grp.add_argument(*flags, dest=f.name, type=_type(f), choices=choices(f), help=help_,
-                             metavar=m.get("metavar"), required=m.get("required", False), **extra)
+            action = grp.add_argument(*flags, dest=f.name, type=_type(f), choices=choices(f), help=help_,
+                                      metavar=m.get("metavar"), required=m.get("required", False), **extra)
+            action.user_code = m.get("user_code", False)  # type: ignore[attr-defined]
     return p
 
 

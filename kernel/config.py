@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from .cli import parser_from_dataclass
 from .errors import ConfigError
 from .options import ONE_SHOT_FLAGS, FromRegistry, Options, PredictOptions
-from .registry import did_you_mean
+from .registry import did_you_mean, is_user_spec
 
 __all__ = ["field_choices", "build_parser", "parse_options", "parse_img_size", "parse_count", "load_config_file", "check_values", "save_config", "options_to_dict",
            "check_predict_spec", "check_predict_ranges"]
@@ -160,7 +160,8 @@ def check_values(values: Dict[str, Any], source: str, choices: bool = True) -> D
         flag = "--" + name.replace("_", "-")
         value = _check_type(f, value, f"{source}: {flag}")
         known = field_choices(f) if choices or not isinstance(f.metadata.get("choices"), FromRegistry) else None
-        if known and isinstance(value, str) and value not in known:
+        if known and isinstance(value, str) and value not in known and not (f.metadata.get("user_code")
+                                                                             and is_user_spec(value)):
             raise ConfigError(f"{source}: {flag} {value!r} is not one of {', '.join(known)}"
                               f"{did_you_mean(value, known)}")
         out[name] = value

@@ -70,15 +70,19 @@ class Options:
                                 "lr_find.png, print the suggested LR, then exit (weights untouched)")
     find_lr_steps: int = _opt(100, "--find-lr: steps (batches) of the ramp")
     # data
-    task: str = _opt("auto", "what to learn: classify (labels per image), segment (a class per pixel); auto: "
-                             "segment when the data has masks", "data", choices=FromRegistry("tasks", ("auto",)))
+    task: str = _opt("auto", "what to learn: a registered task (see the choices), or your own Task class as "
+                             "file.py:Class; auto: the task that claims the data (masks: segment), else classify",
+                     "data",
+                     choices=FromRegistry("tasks", ("auto",)), user_code=True)
     data: str = _opt("shapes", "ImageFolder train dir, a CSV root with --csv, or 'shapes' (built-in)", "data")
     val_data: str = _opt("", "validation ImageFolder dir (default: split off --val-split)", "data")
     val_split: float = _opt(0.2, "fraction held out for validation when --val-data is not given", "data")
     csv: str = _opt("", "CSV of image ids and labels (Kaggle style), relative to --data", "data")
     image_dir: str = _opt("", "folder of the CSV's images, relative to --data", "data")
     image_col: str = _opt("", "CSV column of image ids (default: first column)", "data")
-    label_col: str = _opt("", "CSV column of labels, space-separated for multi-label (default: second)", "data")
+    label_col: str = _opt("", "CSV column of labels, space-separated for multi-label (default: second); tasks with "
+                              "several targets per image take a comma-separated list of columns", "data")
+    clip_target: bool = _opt(False, "numeric targets: clip predictions to the training targets' range", "data")
     img_size: Any = _opt(0, "input size S, or H W (HxW) for segmentation (default: the model's config; 256 for "
                             "segmentation)", "data", nargs="+", metavar="SIZE")
     seg_mode: str = _opt("auto", "segmentation masks: binary, multiclass (a class per pixel) or multilabel "

@@ -45,7 +45,7 @@ from .config import check_predict_ranges, check_predict_spec, field_choices
 from .options import Options, PredictOptions
 from .paths import resolve_path
 from .errors import ConfigError
-from .registry import did_you_mean
+from .registry import did_you_mean, is_user_spec
 from .report import close_logging, setup_logging
 from .tasks import Task, get_task
 
@@ -115,7 +115,7 @@ def _load_one(path: Path) -> Tuple[nn.Module, Task, DataSplit, Options, Dict[str
     t = load_trained(path)
     if t.get("has_config") is False:
         log.warning("no config.yaml beside %s: using the model's default preprocessing", path)
-    task = get_task(t["task"])
+    task = get_task(t["options"].get("task") if is_user_spec(t["options"].get("task")) else t["task"])
     known = {f.name for f in dataclasses.fields(Options)}
     opts = Options(**{k: v for k, v in t["options"].items() if k in known and v is not None})
     split = DataSplit(None, None, list(t["classes"]), bool(t["meta"].get("multilabel")), dict(t["meta"]))
@@ -149,16 +149,16 @@ def load_for_prediction(checkpoint: str, device: torch.device, folds: str = "") 
                    task.transform(opts, dcfg, train=False), opts.in_chans)
 
 
-def _submission_path(popts: Dict[str, Any], folder: Path, task: Task) -> Optional[str]:
+def _submission_path(popts: PredictOptions, folder: Path, task: Task) -> Optional[str]:
     """Where the submission goes: ``submission_file``, a file named by ``submission``, or ``submission.csv``
     beside ``out`` (a file) or in it (a folder of masks)."""
-    sub = popts["submission"]
-    if popts["submission_file"]:
-        return str(folder / popts["submission_file"])
+    sub = popts.submission
+    if popts.submission_file:
+        return str(folder / popts.submission_file)
     if isinstance(sub, str) and sub:
         return str(folder / sub)
-    if sub is True or popts["sample_submission"]:
-        out = Path(popts["out"])
+    if sub is True or popts.sample_submission:
+        out = Path(popts.out)
         return str((out if task.out_is_folder else out.parent) / "submission.csv")
     return None
 
@@ -172,7 +172,7 @@ def predict(checkpoint: str, inputs: Sequence[str], **options: Any) -> Dict[str,
     unknown = sorted(set(options) - set(_DEFAULTS))
     if unknown:
         raise ConfigError(f"predict: unknown option {unknown[0]!r}{did_you_mean(unknown[0], list(_DEFAULTS))}")
-    return _predict({**_DEFAULTS, **options, "checkpoint": checkpoint, "inputs": list(inputs)})
+    return _predict(PredictOptions(**{**_DEFAULTS, **options, "checkpoint": checkpoint, "inputs": list(inputs)}))
 
 
 def _fresh_folder(checkpoint: str) -> Path:
@@ -204,24 +204,25 @@ def _say_if_replaced(path: Optional[str], folder: bool) -> None:
         log.warning("%s exists: it is replaced", path)
 
 
-def _outputs(popts: Dict[str, Any], task: Task) -> Dict[str, Any]:
+def _outputs(popts: PredictOptions, task: Task) -> Dict[str, Any]:
     """``out`` and ``submission``: as given (relative to the current folder), else in a fresh RUN/predict."""
-    out = popts["out"] or str(_fresh_folder(popts["checkpoint"]) / task.default_out)
-    sub = _submission_path(dict(popts, out=out), Path("."), task)
+    out = popts.out or str(_fresh_folder(popts.checkpoint) / task.default_out)
+    sub = _submission_path(dataclasses.replace(popts, out=out), Path("."), task)
     _say_if_replaced(out, task.out_is_folder)
     _say_if_replaced(sub, False)
     return {"out": out, "submission": sub}
 
 
-def _predict(popts: Dict[str, Any]) -> Dict[str, Any]:
-    """Predict with every key of PredictOptions given."""
-    check_predict_ranges(popts)
-    device = resolve_device(popts["device"])
-    trained = load_for_prediction(popts["checkpoint"], device, popts["folds"])
-    items = collect_inputs(popts["inputs"], image_dir=popts["image_dir"], image_col=popts["image_col"])
-    popts = dict(popts, **_outputs(popts, trained.task))
-    if popts["threshold"] is None:  # the training run's
-        popts["threshold"] = trained.options["threshold"]
+def _predict(popts: PredictOptions) -> Dict[str, Any]:
+    """Predict with ``popts``; the task gets them with ``out`` and ``submission`` resolved to paths (the
+    submission's, or None) and ``threshold`` to the training run's when unset."""
+    check_predict_ranges(dataclasses.asdict(popts))
+    device = resolve_device(popts.device)
+    trained = load_for_prediction(popts.checkpoint, device, popts.folds)
+    items = collect_inputs(popts.inputs, image_dir=popts.image_dir, image_col=popts.image_col)
+    popts = dataclasses.replace(popts, **_outputs(popts, trained.task))
+    if popts.threshold is None:  # the training run's
+        popts = dataclasses.replace(popts, threshold=trained.options["threshold"])
     return trained.task.predict(trained, items, popts, device)
 
 
@@ -240,12 +241,12 @@ def predict_after_training(given: Dict[str, Any], checkpoint: str | os.PathLike,
     ensemble); outputs go to its run folder; missing keys take the training run's values."""
     checkpoint = Path(checkpoint)
     run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    popts = {**_DEFAULTS, **{k: getattr(opts, k) for k in _FROM_TRAINING}, **given, "checkpoint": str(checkpoint)}
+    popts = PredictOptions(**{**_DEFAULTS, **{k: getattr(opts, k) for k in _FROM_TRAINING}, **given,
+                              "checkpoint": str(checkpoint)})
     task = get_task(opts.task)
-    popts["out"] = str(run_dir / (popts["out"] or task.default_out))
+    popts = dataclasses.replace(popts, out=str(run_dir / (popts.out or task.default_out)))
     sub = _submission_path(popts, run_dir, task)
-    popts["submission"], popts["submission_file"] = (sub or False), ""
-    return _predict(popts)
+    return _predict(dataclasses.replace(popts, submission=sub or False, submission_file=""))
 
 
 def build_parser() -> Any:
@@ -259,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     try:
         given = vars(build_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
-        _predict({**_DEFAULTS, **given})
+        _predict(PredictOptions(**{**_DEFAULTS, **given}))
         return 0
     except ConfigError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

@@ -438,6 +438,31 @@ def test_kaggle_kfold_run_writes_oof_cv_and_an_ensembled_submission(tmp_path):
     assert (run / "cv.png").is_file() and all((run / f"fold{i}" / "best.pt").is_file() for i in range(3))
 
 
+USER_TASK = """from kernel.tasks.classify import ClassifyTask
+
+
+class Doubled(ClassifyTask):
+    name = "doubled"
+
+    def step(self, model, batch, loss_fn):
+        outputs = 2 * model(batch[0])
+        return (None if loss_fn is None else loss_fn(outputs, batch[1])), outputs
+"""
+
+
+def test_kaggle_run_with_a_users_task_file(tmp_path):
+    """--task my_task.py:Doubled: the file is embedded (kernel_user.my_task) and the kernel trains with it."""
+    proj = make_project(tmp_path / "proj")
+    (proj / "configs").mkdir()
+    (proj / "configs" / "my_task.py").write_text(USER_TASK)
+    config = {**TRAIN_CONFIG, "task": "my_task.py:Doubled", "name": "mine", "aug_backend": "torchvision"}
+    k = _run_on_kaggle(build_into(proj, proj / "dist", config), tmp_path, "shapes-png",
+                       lambda d: write_png_dataset(d / "train"), "imgaug")
+    assert "task doubled" in k.log
+    saved = yaml.safe_load((k.working / "mine" / "config.yaml").read_text())
+    assert saved["task"] == "kernel_user.my_task:Doubled" and (k.working / "mine" / "best.pt").is_file()
+
+
 def test_colab_run(packed, tmp_path):
     cwd = tmp_path / "content"
     cwd.mkdir()

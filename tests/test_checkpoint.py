@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from kernel.engine import (export_safetensors, load_checkpoint, load_trained, make_checkpoint, read_checkpoint,
+from kernel.engine import (RunIdentity, RunProgress, TrainingParts, export_safetensors, load_checkpoint, load_trained, make_checkpoint, read_checkpoint,
                            rng_state, save_checkpoint, set_rng_state, unwrap_model)
 from kernel.paths import atomic_write
 from kernel.errors import ConfigError
@@ -56,9 +56,9 @@ def test_unwrap_strips_wrappers_and_safetensors_export(tmp_path):
 def test_checkpoint_schema_round_trip_and_refusals(tmp_path):
     model = nn.Linear(2, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ckpt = make_checkpoint(model=nn.DataParallel(model), task="classify", classes=["a", "b", "c"],
-                           meta={"multilabel": False}, options={"model": "x"}, epoch=2, best_metric=0.5,
-                           best_epoch=1, history=[{"epoch": 1}], optimizer=opt)
+    ckpt = make_checkpoint(nn.DataParallel(model), RunIdentity("classify", ["a", "b", "c"], {"multilabel": False},
+                                                            {"model": "x"}),
+                           RunProgress(2, 0.5, 1, [{"epoch": 1}]), TrainingParts(optimizer=opt))
     save_checkpoint(ckpt, tmp_path / "last.pt")
     back = read_checkpoint(tmp_path / "last.pt")
     assert back["format"] == 3 and back["epoch"] == 2 and list(back["model"]) == ["weight", "bias"]

@@ -70,14 +70,14 @@ def test_two_processes_equal_one_process_with_twice_the_batch(data, two_procs, t
 def test_validation_numbers_equal_a_single_process_evaluation(two_procs):
     """The 2-process run's last validation equals one process evaluating its final weights on the whole set."""
     from kernel.config import parse_options
-    from kernel.engine import evaluate
+    from kernel.engine import StepConfig, evaluate
     from kernel.run import effective_options, prepare
 
     saved = dict(torch.load(two_procs / "last.pt", weights_only=True)["options"], devices=1)
     (two_procs.parent / "again.yaml").write_text(json.dumps({k: v for k, v in saved.items() if k != "predict"}))
     p = prepare(effective_options(parse_options(["--config", str(two_procs.parent / "again.yaml")])))
     p.model.load_state_dict(torch.load(two_procs / "last.pt", weights_only=True)["model"])
-    va = evaluate(p.model, p.val_loader, p.loss_fn, device=p.device, meter=p.task.meter(p.split, train=False))
+    va = evaluate(p.model, p.val_loader, StepConfig(p.loss_fn, p.device), meter=p.task.meter(p.split, train=False)).summary()
     last = torch.load(two_procs / "last.pt", weights_only=True)["history"][-1]
     assert va["loss"] == pytest.approx(last["val_loss"], rel=1e-6) and va["acc1"] == pytest.approx(last["val_acc"])
 
@@ -244,7 +244,7 @@ def test_segmentation_validation_of_two_processes_equals_one_process_evaluation(
     counts, equal one process evaluating the final weights on the whole validation set. The loss is plain cross
     entropy here: a Dice term is a ratio over each batch, so its mean depends on how the images are batched."""
     from kernel.config import parse_options
-    from kernel.engine import evaluate
+    from kernel.engine import StepConfig, evaluate
     from kernel.run import effective_options, prepare
     from kernel.tasks.segment.shapes_seg import write_shapes_seg
 
@@ -257,7 +257,7 @@ def test_segmentation_validation_of_two_processes_equals_one_process_evaluation(
                                                      if k != "predict"}))
     p = prepare(effective_options(parse_options(["--config", str(tmp_path / "again.yaml")])))
     p.model.load_state_dict(ckpt["model"])
-    va = evaluate(p.model, p.val_loader, p.loss_fn, device=p.device, meter=p.task.meter(p.split, train=False))
+    va = evaluate(p.model, p.val_loader, StepConfig(p.loss_fn, p.device), meter=p.task.meter(p.split, train=False)).summary()
     last = ckpt["history"][-1]
     assert va["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
     assert va["miou"] == pytest.approx(last["val_miou"], rel=1e-6)

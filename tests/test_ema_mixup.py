@@ -12,7 +12,7 @@ from torch import nn
 
 from kernel.config import parse_options
 from kernel.data import DataSplit
-from kernel.engine import create_ema, train_one_epoch
+from kernel.engine import StepConfig, create_ema, train_one_epoch
 from kernel.losses import create_loss
 from kernel.run.prepare import prepare_mixing
 from kernel.tasks import get_task
@@ -46,7 +46,7 @@ def test_ema_after_three_steps_equals_the_hand_computed_average():
     reference = copy.deepcopy(model)  # trained by hand, its weights recorded after every step
     ema = create_ema(model, decay)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    train_one_epoch(model.train(), _batches(), optimizer, nn.CrossEntropyLoss(), device=torch.device("cpu"), ema=ema)
+    train_one_epoch(model.train(), _batches(), optimizer, StepConfig(nn.CrossEntropyLoss(), torch.device("cpu"), ema=ema))
 
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=0.0)
     average = {k: v.clone() for k, v in reference.state_dict().items()}  # the average starts as the weights
@@ -99,7 +99,7 @@ def test_mixed_batches_and_targets_are_timms(flags, timm_kwargs):
     model = _Spy(3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     np.random.seed(0)
-    train_one_epoch(model, _batches(4), optimizer, loss, device=torch.device("cpu"), mix=mix)
+    train_one_epoch(model, _batches(4), optimizer, StepConfig(loss, torch.device("cpu"), mix=mix))
 
     reference = Mixup(**{"prob": 1.0, "switch_prob": 0.5, "label_smoothing": 0.0, **timm_kwargs}, num_classes=3)
     np.random.seed(0)
@@ -134,7 +134,7 @@ def test_the_meter_gets_the_dominant_labels():
     model = _Spy(3)
     np.random.seed(0)
     train_one_epoch(model, _batches(2), torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-                    nn.CrossEntropyLoss(), device=torch.device("cpu"), mix=mix, meter=Meter())
+                    StepConfig(nn.CrossEntropyLoss(), torch.device("cpu"), mix=mix), meter=Meter())
     assert all(t.dtype == torch.int64 and t.shape == (8,) for t in seen)
 
 

@@ -116,7 +116,7 @@ def test_resume_from_a_checkpoint_of_another_model(base, capsys):
     args[args.index("test_resnet")] = "test_efficientnet"
     assert main(args) == 2
     line = _one_line(capsys)
-    assert "was trained as test_resnet on 4 classes; this run is test_efficientnet on 4 classes" in line, line
+    assert "was trained as classify test_resnet on 4 classes; this run is classify test_efficientnet on 4 classes" in line, line
     assert "last.pt" in line
     assert _snapshot(root / "runs" / "exp") == before
 

@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score
 from kernel.config import parse_options
 from kernel.data import write_shapes
 from kernel.models import FoldEnsemble, mean_probabilities
+from kernel.models.ensemble import ACTIVATIONS
 from kernel.predict import load_for_prediction, main as predict_main
 from kernel.run import effective_options
 from kernel.run.kfold import FoldPlan, carry_over_root, clear_other_folds, fold_finished
@@ -216,13 +217,13 @@ def test_a_fresh_run_clears_every_other_folds_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0", "fold_notes", "folder"]
 
 
-@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_fold_ensemble_logits_give_back_the_mean_probability(activation):
     g = torch.Generator().manual_seed(0)
     logits = [torch.randn(4, 3, 5, 5, generator=g) * 8 for _ in range(3)]  # large logits: probabilities near 0 and 1
     mean = mean_probabilities(logits, activation)
-    by_hand = torch.stack([z.double().softmax(1) if activation == "softmax" else torch.sigmoid(z.double())
-                           for z in logits]).mean(0)
+    act = {"softmax": lambda z: z.softmax(1), "sigmoid": torch.sigmoid, "identity": lambda z: z}[activation]
+    by_hand = torch.stack([act(z.double()) for z in logits]).mean(0)
     assert torch.allclose(mean, by_hand, atol=1e-12)
 
     class Fixed(torch.nn.Module):  # each member returns its own logits whatever the input
@@ -234,7 +235,7 @@ def test_fold_ensemble_logits_give_back_the_mean_probability(activation):
             return self.z
 
     out = FoldEnsemble([Fixed(z) for z in logits], activation)(torch.zeros(4, 3, 5, 5))
-    back = out.softmax(1) if activation == "softmax" else torch.sigmoid(out)
+    back = act(out)
     assert torch.isfinite(out).all() and torch.allclose(back.double(), by_hand, atol=1e-6)
 
 

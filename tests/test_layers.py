@@ -185,3 +185,34 @@ def test_no_test_replaces_a_kernel_attribute(tmp_path):
         "from kernel.run import budget\n\ndef test(monkeypatch):\n    monkeypatch.setattr(budget, 'time', None)\n"
         "    monkeypatch.setattr('kernel.predict.os.access', None)\n")
     assert kernel_attributes_replaced(tmp_path / "tests") == ["tests/test_x.py:4", "tests/test_x.py:5"]
+
+
+def wide_functions(root: Path, most: int = 8) -> List[str]:
+    """Functions (lambdas too) under ``root`` taking more than ``most`` parameters, ``self``/``cls`` not counted."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                a = node.args
+                names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x is not None]
+                if len([n for n in names if n not in ("self", "cls")]) > most:
+                    out.append(f"{path.relative_to(root.parent)}:{node.lineno} {getattr(node, 'name', 'lambda')}")
+    return out
+
+
+def test_engine_and_run_functions_take_at_most_8_parameters():
+    assert wide_functions(ROOT / "kernel" / "engine") == [] and wide_functions(ROOT / "kernel" / "run") == []
+
+
+def test_every_forward_pass_opens_autocast_in_one_place():
+    """engine/amp.py's forward() is the one autocast site; the only other call is the losses' fp32 guard
+    (autocast switched off around the loss maths)."""
+    calls = []
+    for path in sorted((ROOT / "kernel").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "autocast":
+                calls.append((path.relative_to(ROOT / "kernel").as_posix(), ast.unparse(node)))
+    outside = [c for c in calls if c[0] != "engine/amp.py"]
+    assert outside == [("losses/modules.py", "torch.autocast(device_type, enabled=False)")], outside
+    assert [c for c in calls if c[0] == "engine/amp.py"] == [
+        ("engine/amp.py", "torch.autocast(device_type=device.type, dtype=dtype)"), ("engine/amp.py", "autocast(device, amp_dtype)")]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from kernel.engine import evaluate, make_scaler, resolve_amp_dtype, train_one_epoch
+from kernel.engine import StepConfig, evaluate, make_scaler, resolve_amp_dtype, train_one_epoch
 from kernel.tasks.classify import ClassifyMeter, accuracy
 
 CPU = torch.device("cpu")
@@ -34,9 +34,9 @@ def test_amp_path_on_cpu_runs_in_bf16():
     seen = []
     model[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    m = train_one_epoch(model, _batches(), opt, nn.CrossEntropyLoss(), device=CPU, amp_dtype=torch.bfloat16)
+    m = train_one_epoch(model, _batches(), opt, StepConfig(nn.CrossEntropyLoss(), CPU, amp_dtype=torch.bfloat16))
     assert seen and all(d == torch.bfloat16 for d in seen)
-    assert torch.isfinite(torch.tensor(m["loss"])) and m["updates"] == 3
+    assert torch.isfinite(torch.tensor(m.loss)) and m.updates == 3
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
 
 
@@ -66,9 +66,9 @@ def test_skipped_fp16_step_does_not_advance_the_schedule():
     lrs_by_hand = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # PyTorch's "scheduler before optimizer" warning would raise
-        m = train_one_epoch(model, _batches(), opt, loss_fn, device=CPU, amp_dtype=torch.float16,
-                            scaler=scaler, schedule=sched)
-    assert m["skipped_steps"] == 1 and m["updates"] == 2
+        m = train_one_epoch(model, _batches(), opt, StepConfig(loss_fn, CPU, amp_dtype=torch.float16, scaler=scaler,
+                                                               schedule=sched))
+    assert m.skipped_steps == 1 and m.updates == 2
     ref = torch.optim.SGD(_model().parameters(), lr=0.1)
     ref_sched = torch.optim.lr_scheduler.OneCycleLR(ref, max_lr=0.1, total_steps=3)
     for _ in range(2):
@@ -83,7 +83,7 @@ def test_accumulation_equals_the_big_batch_and_weights_the_short_group():
     batches = _batches(n=3)
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    train_one_epoch(model, batches, opt, nn.CrossEntropyLoss(), device=CPU, accum_steps=2)
+    train_one_epoch(model, batches, opt, StepConfig(nn.CrossEntropyLoss(), CPU, accum_steps=2))
     # By hand: update 1 on the mean loss of batches 1-2 (one batch of 8), update 2 on batch 3 alone.
     ref = _model()
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.5)
@@ -102,7 +102,7 @@ def test_clipping_happens_on_unscaled_gradients():
     for scaler in (None, torch.amp.GradScaler("cpu", init_scale=1024.0)):
         model = _model()
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
-        train_one_epoch(model, batches, opt, nn.CrossEntropyLoss(), device=CPU, scaler=scaler, clip_grad=0.01)
+        train_one_epoch(model, batches, opt, StepConfig(nn.CrossEntropyLoss(), CPU, scaler=scaler, clip_grad=0.01))
         results.append([p.detach().clone() for p in model.parameters()])
     ref = _model()
     nn.functional.cross_entropy(ref(batches[0][0]), batches[0][1]).backward()
@@ -125,7 +125,7 @@ def test_evaluate_reports_top5_and_outputs():
     torch.manual_seed(0)
     model = nn.Linear(5, 7)
     batches = [(torch.randn(4, 5), torch.randint(0, 7, (4,))) for _ in range(2)]
-    m = evaluate(model, batches, nn.CrossEntropyLoss(), device=CPU, meter=ClassifyMeter(keep_outputs=True))
+    m = evaluate(model, batches, StepConfig(nn.CrossEntropyLoss(), CPU), meter=ClassifyMeter(keep_outputs=True)).summary()
     assert {"loss", "acc1", "acc5", "img_per_s"} <= set(m)
     assert m["probs"].shape == (8, 7) and torch.allclose(m["probs"].sum(1), torch.ones(8))
     logits = model(torch.cat([b[0] for b in batches]))

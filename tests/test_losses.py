@@ -93,7 +93,7 @@ def test_gradcheck_option_variants(name, kwargs, case):
 
 
 def test_every_registry_entry_is_tested():
-    assert set(ALL) == {"ce", "bce", "mse", "l1", "smooth_l1", "kl", "focal", "dice", "iou", "tversky",
+    assert set(ALL) == {"ce", "bce", "mse", "l1", "smooth_l1", "huber", "kl", "focal", "dice", "iou", "tversky",
                         "dice_bce", "qfl"}
 
 
@@ -227,6 +227,10 @@ def test_other_losses_known_values():
     out, target = torch.tensor([[1.0], [3.0]]), torch.tensor([2.0, 5.0])
     assert torch.allclose(create_loss("mse")(out, target), torch.tensor(2.5))
     assert torch.allclose(create_loss("l1")(out, target), torch.tensor(1.5))
+    # huber, delta 1.5: errors 1 (quadratic: 0.5) and 2 (linear: 1.5 * (2 - 0.75) = 1.875), torch's own as reference
+    assert torch.allclose(create_loss("huber", beta=1.5)(out, target), torch.tensor((0.5 + 1.875) / 2))
+    assert torch.allclose(create_loss("huber", beta=1.5)(out, target),
+                          torch.nn.functional.huber_loss(out[:, 0], target, delta=1.5))
     # bce on int labels one-hots them
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(4, 3, 2, 2, generator=g), torch.randint(0, 3, (4, 2, 2), generator=g)
@@ -486,7 +490,7 @@ def shapes_batches():
 
 def _train_losses(loss_fn: nn.Module, batches, epochs: int = 4) -> list:
     """Per-epoch mean training loss of a tiny timm model on the batches, through the bundle's loop."""
-    from kernel.engine import train_one_epoch
+    from kernel.engine import StepConfig, train_one_epoch
     from kernel.models import create_model
 
     torch.manual_seed(0)
@@ -495,7 +499,7 @@ def _train_losses(loss_fn: nn.Module, batches, epochs: int = 4) -> list:
     out = []
     for _ in range(epochs):
         model.train()
-        out.append(train_one_epoch(model, batches, opt, loss_fn, device=torch.device("cpu"))["loss"])
+        out.append(train_one_epoch(model, batches, opt, StepConfig(loss_fn, torch.device("cpu"))).loss)
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from kernel.engine import create_optimizer
+from kernel.engine import StepConfig, create_optimizer
 from kernel.errors import ConfigError
 from kernel.config import parse_options
 from kernel.run import effective_options, prepare
@@ -234,7 +234,7 @@ def test_find_lr_suggests_inside_the_ramp_and_restores_everything():
     model.eval()  # find_lr trains in train mode and hands the model back in eval mode
     before = _state(model, opt)
     spy = _Spy(model, opt)
-    res = find_lr(model, loader, spy, opt, device=CPU, start_lr=1e-5, end_lr=1.0, steps=40)
+    res = find_lr(model, loader, opt, StepConfig(spy, CPU), ramp=(1e-5, 1.0, 40))
     assert res["steps"] == 40 == len(res["lrs"]) == len(res["losses"]) == len(res["smoothed"])  # 4 batches, cycled
     assert not res["stopped_early"]
     np.testing.assert_allclose(res["lrs"], lr_schedule(1e-5, 1.0, 40))
@@ -279,7 +279,7 @@ def test_find_lr_keeps_the_ratio_of_groups_without_lr_mult():
     gen_state = gen.get_state()
     before = _state(model, opt)
     spy = _Spy(model, opt)
-    res = find_lr(model, loader, spy, opt, device=CPU, start_lr=1e-6, end_lr=1e-2, steps=12)
+    res = find_lr(model, loader, opt, StepConfig(spy, CPU), ramp=(1e-6, 1e-2, 12))
     assert torch.equal(gen.get_state(), gen_state)
     seen = np.array(spy.lrs)
     np.testing.assert_allclose(seen[:, 0], res["lrs"], rtol=1e-12)  # the first group carries the ramp
@@ -293,8 +293,7 @@ def test_find_lr_stops_early_when_the_loss_diverges():
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = _state(model, opt)
-    res = find_lr(model, _loader(), nn.CrossEntropyLoss(), opt, device=CPU, start_lr=1e-3, end_lr=1e6, steps=80,
-                  beta=0.5)
+    res = find_lr(model, _loader(), opt, StepConfig(nn.CrossEntropyLoss(), CPU), ramp=(1e-3, 1e6, 80), beta=0.5)
     assert res["stopped_early"] and res["steps"] < 80
     sm = res["smoothed"]
     best = sm[:-1].min()
@@ -313,12 +312,12 @@ def test_find_lr_restores_on_an_exception_and_the_scaler():
     before = _state(model, opt)
     spy = _Spy(model, opt, fail_at=6)
     with pytest.raises(RuntimeError, match="boom"):
-        find_lr(model, _loader(), spy, opt, device=CPU, steps=30, scaler=scaler)
+        find_lr(model, _loader(), opt, StepConfig(spy, CPU, scaler=scaler), ramp=(1e-7, 10.0, 30))
     assert len(spy.lrs) == 6 and spy.moved
     _assert_same(before, model, opt)
     assert scaler.state_dict() == scale_before and model.training
-    res = find_lr(model, _loader(), nn.CrossEntropyLoss(), opt, device=CPU, start_lr=1e-4, end_lr=1e-1, steps=8,
-                  scaler=scaler, clip_grad=1.0)
+    res = find_lr(model, _loader(), opt, StepConfig(nn.CrossEntropyLoss(), CPU, scaler=scaler, clip_grad=1.0),
+                  ramp=(1e-4, 1e-1, 8))
     assert res["steps"] == 8 and np.isfinite(res["losses"]).all()
     assert scaler.state_dict() == scale_before
     _assert_same(before, model, opt)
@@ -327,14 +326,14 @@ def test_find_lr_restores_on_an_exception_and_the_scaler():
 def test_find_lr_refuses_bad_settings_before_touching_anything():
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for kwargs in (dict(diverge=1.0), dict(beta=1.5), dict(steps=1)):
+    for kwargs in (dict(diverge=1.0), dict(beta=1.5), dict(ramp=(1e-7, 10.0, 1))):
         with pytest.raises(ConfigError):
-            find_lr(model, _loader(), nn.CrossEntropyLoss(), opt, device=CPU, **kwargs)
+            find_lr(model, _loader(), opt, StepConfig(nn.CrossEntropyLoss(), CPU), **kwargs)
     empty = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 3, 16, 16),
                                                                        torch.zeros(0, dtype=torch.long)), batch_size=4)
     sd = copy.deepcopy(model.state_dict())
     with pytest.raises(ConfigError, match="no batch"):
-        find_lr(model, empty, nn.CrossEntropyLoss(), opt, device=CPU, steps=5)
+        find_lr(model, empty, opt, StepConfig(nn.CrossEntropyLoss(), CPU), ramp=(1e-7, 10.0, 5))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
 
 
@@ -374,7 +373,7 @@ def test_find_lr_leaves_a_prepared_run_untouched(tmp_path):
     p = prepare(effective_options(parse_options(small_args(tmp_path))))
     before = (copy.deepcopy(p.model.state_dict()), copy.deepcopy(p.optimizer.state_dict()), torch.get_rng_state())
     p.train_sampler.set_epoch(1)
-    result = find_lr(p.model, p.train_loader, p.loss_fn, p.optimizer, device=p.device, steps=20)
+    result = find_lr(p.model, p.train_loader, p.optimizer, StepConfig(p.loss_fn, p.device), ramp=(1e-7, 10.0, 20))
     assert result["steps"] >= 2
     assert all(torch.equal(v, p.model.state_dict()[k]) for k, v in before[0].items())
     assert p.optimizer.state_dict()["param_groups"] == before[1]["param_groups"]

@@ -3,6 +3,7 @@ submissions that decode to our masks, flip TTA, the classifier -> U-Net encoder 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -129,15 +130,18 @@ def test_classifier_checkpoint_seeds_a_unet_encoder(trained_run):
 
 def test_task_auto_picks_segment_for_masks_and_classify_otherwise(tmp_path):
     from kernel.data import write_shapes
+    from kernel.options import Options
     from kernel.tasks import detect_task
 
     seg = write_shapes_seg(tmp_path / "seg", n=4, seed=0, size=16)
     rle = write_shapes_rle(tmp_path / "rle", n=4, seed=0, size=16)
     cls = write_shapes(tmp_path / "cls", n=8, seed=0, size=16)
-    assert detect_task(str(seg)) == "segment"
-    assert detect_task(str(rle), "train.csv") == "segment"
-    assert detect_task(str(cls), "train.csv") == "classify" and detect_task(str(cls / "train")) == "classify"
-    assert detect_task("shapes") == "classify"
+    plain, with_csv = Options(), Options(csv="train.csv")
+    assert detect_task(plain, str(seg)) == "segment"
+    assert detect_task(with_csv, str(rle)) == "segment"
+    assert detect_task(with_csv, str(cls)) == "classify" and detect_task(plain, str(cls / "train")) == "classify"
+    assert detect_task(plain, "shapes") == "classify"
+    assert detect_task(Options(rle_col="EncodedPixels"), str(cls)) == "segment"
 
 
 def test_torchvision_masks_stay_aligned_to_the_pixel():
@@ -211,6 +215,7 @@ def test_submission_plan_columns_and_class_ids(tmp_path):
     """Columns by name in any order (unknown names take the roles left), class names or mask values, and the
     one-line refusals."""
     from kernel.errors import ConfigError
+    from kernel.options import PredictOptions
     from kernel.tasks.segment.submission import class_position, plan_submission
 
     names = ["circle", "square", "triangle", "cross"]
@@ -221,7 +226,7 @@ def test_submission_plan_columns_and_class_ids(tmp_path):
     assert [class_position(v, ["2", "3", "4"]) for v in ("1", "2", "4")] == [None, 0, 2]
 
     ids = ["a", "b"]
-    popts = {"sample_submission": "", "id_col": "", "target_col": ""}
+    popts = PredictOptions(inputs=["test"])
     rles = {0: ["a1", "a2", "a3", "a4"], 1: ["b1", "b2", "b3", "b4"]}
     own = plan_submission(ids, names, popts, {}, per_class=True)
     assert own.table(rles)[:3] == [["ImageId", "ClassId", "EncodedPixels"], ["a", "circle", "a1"], ["a", "square", "a2"]]
@@ -229,7 +234,7 @@ def test_submission_plan_columns_and_class_ids(tmp_path):
     def plan(text, names=names, trained=None, **flags):
         path = tmp_path / "s.csv"
         path.write_text(text)
-        return plan_submission(ids, names, {**popts, "sample_submission": str(path), **flags}, trained or {},
+        return plan_submission(ids, names, dataclasses.replace(popts, sample_submission=str(path), **flags), trained or {},
                                per_class=len(names) > 1).table(rles)
 
     assert plan("ClassId,ImageId,EncodedPixels\n3,b.png,\n1,a,\n") == [

@@ -6,14 +6,14 @@ the mounted inputs, like every other path option.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from ..paths import resolve_path
 from ..errors import ConfigError
 from .images import IMAGE_EXTENSIONS, is_image_file
 from .sources import match_image_ids, read_csv_rows
 
-__all__ = ["collect_inputs"]
+__all__ = ["collect_inputs", "index_sample_ids"]
 
 
 def _csv_items(csv_path: Path, image_dir: str, image_col: str) -> List[Tuple[str, str]]:
@@ -51,3 +51,17 @@ def collect_inputs(inputs: Sequence[str], *, image_dir: str = "", image_col: str
     if not items:
         raise ConfigError("inputs: no images found; give image files, folders or a CSV")
     return items
+
+
+def index_sample_ids(ids: Sequence[str], order: Sequence[str]) -> List[int]:
+    """The position among the predicted ``ids`` of each id of a sample submission's ``order``, matched by id or by
+    file stem (Kaggle ids often lack the extension). ConfigError naming the first id without a prediction."""
+    index: Dict[str, int] = {}
+    for n, ident in enumerate(ids):
+        index.setdefault(ident, n)
+        index.setdefault(Path(ident).stem, n)
+    missing = [i for i in order if i not in index and Path(i).stem not in index]
+    if missing:
+        raise ConfigError(f"--sample-submission: {len(missing)} of its {len(order)} ids have no predicted image "
+                          f"(first: {missing[0]!r}); predict the competition's test images")
+    return [index[i] if i in index else index[Path(i).stem] for i in order]

@@ -147,7 +147,7 @@ class _Loader(DataLoader):
 
 def build_loader(dataset: Dataset, *, batch_size: int, workers: int, device: torch.device,
                  sampler: Optional[Sampler] = None, worker_init_fn: Optional[Callable] = None,
-                 persistent: bool = True, seed: int = 0) -> DataLoader:
+                 persistent: bool = True, seed: int = 0, collate_fn: Optional[Callable] = None) -> DataLoader:
     """A DataLoader with the usual care: pin_memory on CUDA; the order from ``sampler`` (training and
     validation: an :class:`~kernel.data.sampler.EpochSampler`) or the dataset's (prediction).
 
@@ -155,8 +155,9 @@ def build_loader(dataset: Dataset, *, batch_size: int, workers: int, device: tor
     new iterator takes a number from torch's global generator, so a resumed run (whose first iterator starts
     after the saved state is restored) would draw dropout and drop-path one number off the uninterrupted run.
     Its workers leave SIGTERM and SIGINT to the main process (see the module doc), then run ``worker_init_fn``.
+    ``collate_fn``: how samples become a batch (the task's; None: torch's default).
     """
     return _Loader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=persistent and workers > 0, worker_init_fn=partial(_leave_stop_signals, worker_init_fn),
-        generator=torch.Generator().manual_seed(seed))
+        generator=torch.Generator().manual_seed(seed), collate_fn=collate_fn)

@@ -1,18 +1,19 @@
 """Devices and mixed precision, in one place: the device, the autocast dtype, the GradScaler, autocast.
 
-Every forward pass of the bundle (training, validation, prediction) runs under :func:`autocast`, and
-every choice of dtype goes through :func:`resolve_amp_dtype`, so the rules below hold everywhere.
+Every forward pass of the bundle (training, validation, the LR finder, out-of-fold and test predictions)
+is a step run by :func:`forward`, the one place that opens :func:`autocast`, and every choice of dtype goes
+through :func:`resolve_amp_dtype`, so the rules below hold everywhere.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
 from ..errors import ConfigError
 
-__all__ = ["resolve_device", "resolve_amp_dtype", "make_scaler", "autocast", "amp_name"]
+__all__ = ["resolve_device", "resolve_amp_dtype", "make_scaler", "autocast", "forward", "amp_name"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,6 +50,19 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.A
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def forward(step: Callable[[Any, Any, Optional[Callable]], Tuple[Optional[torch.Tensor], Any]], model: Any, batch: Any,
+            loss_fn: Optional[Callable], device: torch.device,
+            amp_dtype: Optional[torch.dtype]) -> Tuple[Optional[torch.Tensor], Any]:
+    """``step(model, batch, loss_fn)`` (see :mod:`kernel.engine.step`) under the run's autocast -> (loss or None,
+    outputs). A loss must be a scalar tensor."""
+    with autocast(device, amp_dtype):
+        loss, outputs = step(model, batch, loss_fn)
+    if loss_fn is not None and (not torch.is_tensor(loss) or loss.ndim != 0):
+        raise TypeError(f"the loss must return a scalar tensor, got {type(loss).__name__} "
+                        f"{tuple(getattr(loss, 'shape', ()))}")
+    return loss, outputs
 
 
 def amp_name(dtype: Optional[torch.dtype]) -> str:

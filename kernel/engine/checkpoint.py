@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -41,7 +42,7 @@ from .. import __version__
 from ..paths import atomic_write, load_tensors
 from ..errors import ConfigError
 
-__all__ = ["FORMAT", "TRAINING_STATE", "unwrap_model", "make_checkpoint", "prediction_checkpoint", "save_checkpoint",
+__all__ = ["RunIdentity", "RunProgress", "TrainingParts", "FORMAT", "TRAINING_STATE", "unwrap_model", "make_checkpoint", "prediction_checkpoint", "save_checkpoint",
            "load_checkpoint", "read_checkpoint", "load_trained", "rng_state", "set_rng_state", "export_safetensors", "write_classes_json"]
 
 FORMAT = 3
@@ -112,22 +113,49 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def make_checkpoint(*, model: nn.Module, task: str, classes: List[str], meta: Dict[str, Any],
-                    options: Dict[str, Any], epoch: int, best_metric: Optional[float], best_epoch: int,
-                    history: List[Dict[str, Any]], optimizer: Any = None, schedule: Any = None,
-                    scaler: Any = None, position: Optional[Dict[str, Any]] = None,
-                    rng_ranks: Optional[List[Dict[str, Any]]] = None, ema: Optional[nn.Module] = None) -> Dict[str, Any]:
+@dataclass
+class RunIdentity:
+    """What a checkpoint's weights are: the task, its classes and facts (``meta``), the run's options."""
+    task: str
+    classes: List[str]
+    meta: Dict[str, Any]
+    options: Dict[str, Any]
+
+
+@dataclass
+class RunProgress:
+    """Where the run stands: the last finished epoch, the best, the history; ``position``: inside an epoch."""
+    epoch: int
+    best_metric: Optional[float]
+    best_epoch: int
+    history: List[Dict[str, Any]]
+    position: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class TrainingParts:
+    """The training state an exact resume needs (None: left out); ``rng_ranks``: every process's RNG state."""
+    optimizer: Any = None
+    schedule: Any = None
+    scaler: Any = None
+    rng_ranks: Optional[List[Dict[str, Any]]] = None
+
+
+def make_checkpoint(model: nn.Module, identity: RunIdentity, progress: RunProgress,
+                    training: Optional[TrainingParts] = None, ema: Optional[nn.Module] = None) -> Dict[str, Any]:
     """The checkpoint dict of the schema above (with the current RNG states), from the unwrapped model;
     ``ema``: the module holding the weights' moving average."""
+    t = training or TrainingParts()
     rng = rng_state()
-    ranks = rng_ranks or [rng]
-    return {"format": FORMAT, "version": __version__, "task": task, "classes": list(classes), "meta": dict(meta),
-            "options": dict(options), "model": unwrap_model(model).state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "schedule": schedule.state_dict() if schedule is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng, "rng_ranks": ranks,
-            "epoch": int(epoch), "best_metric": best_metric, "best_epoch": int(best_epoch), "history": list(history),
-            "position": dict(position or {"epoch": int(epoch), "batch": 0, "partial": None}),
+    ranks = t.rng_ranks or [rng]
+    return {"format": FORMAT, "version": __version__, "task": identity.task, "classes": list(identity.classes),
+            "meta": dict(identity.meta), "options": dict(identity.options), "model": unwrap_model(model).state_dict(),
+            "optimizer": t.optimizer.state_dict() if t.optimizer is not None else None,
+            "schedule": t.schedule.state_dict() if t.schedule is not None else None,
+            "scaler": t.scaler.state_dict() if t.scaler is not None else None, "rng": rng, "rng_ranks": ranks,
+            "epoch": int(progress.epoch), "best_metric": progress.best_metric, "best_epoch": int(progress.best_epoch),
+            "history": list(progress.history),
+            "position": dict(progress.position or {"epoch": int(progress.epoch), "batch": 0, "partial": None}),
             "world_size": len(ranks), "ema": ema.state_dict() if ema is not None else None}
 
 

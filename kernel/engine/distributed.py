@@ -10,7 +10,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import ConfigError
 
 __all__ = ["World", "world", "init_from_env", "self_test", "SelfTestFailed", "all_reduce_sum", "all_reduce_max",
-           "gather_objects", "barrier", "wrap_ddp", "destroy"]
+           "gather_objects", "barrier", "wrap_ddp", "destroy", "gather_in_order"]
 
 log = logging.getLogger("kernel")
 # How long a collective may wait. Rank 0 works alone while the others wait at the next collective: an epoch's
@@ -132,3 +132,21 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_in_order(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Every process's kept rows (its batches' ``torch.cat``; ``parts`` empty: none) as one (N, ...) CPU tensor in
+    dataset order: an :class:`~kernel.data.sampler.EpochSampler` gives process r the rows r, r + P, r + 2P...
+    In one process: the rows as they are."""
+    mine = torch.cat(list(parts)).cpu() if parts else torch.zeros(0)
+    if world().size == 1:
+        return mine
+    gathered = gather_objects(mine)
+    filled = [p for p in gathered if p.numel()]
+    if not filled:
+        return torch.zeros(0)
+    out = filled[0].new_empty((sum(len(p) for p in gathered), *filled[0].shape[1:]))
+    for r, p in enumerate(gathered):
+        if len(p):
+            out[r::len(gathered)] = p
+    return out

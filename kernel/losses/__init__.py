@@ -12,10 +12,10 @@ To add a loss: write its maths in ``functional.py``, then a module class registe
 """
 from .spec import CombinedLoss, UserLoss, create_loss
 from .modules import (LOSSES, BCELoss, CrossEntropyLoss, DiceBCELoss, DiceLoss, FocalLoss, IoULoss, KLDivLoss, L1Loss,
-                      Loss, MSELoss, QualityFocalLoss, SmoothL1Loss, TverskyLoss)
+                      Loss, MSELoss, QualityFocalLoss, SmoothL1Loss, TverskyLoss, HuberLoss)
 
 __all__ = [
-    "LOSSES", "create_loss", "Loss", "CrossEntropyLoss", "BCELoss", "MSELoss", "L1Loss", "SmoothL1Loss",
+    "LOSSES", "create_loss", "Loss", "CrossEntropyLoss", "BCELoss", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss",
     "KLDivLoss", "FocalLoss", "DiceLoss", "IoULoss", "TverskyLoss", "DiceBCELoss", "QualityFocalLoss",
     "CombinedLoss", "UserLoss",
 ]

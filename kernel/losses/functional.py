@@ -158,7 +158,8 @@ def binary_cross_entropy(x: Tensor, t: Targets, weight: Weight = None, pos_weigh
 
 def regression_loss(x: Tensor, t: Targets, kind: str = "mse", activation: str = "auto", beta: float = 1.0,
                     reduction: str = "mean") -> Tensor:
-    """Element-wise mse / l1 / smooth_l1 between a prediction and the dense target.
+    """Element-wise mse / l1 / smooth_l1 / huber between a prediction and the dense target (``beta``: smooth_l1's
+    end of the quadratic part, huber's ``delta``; huber = beta * smooth_l1).
 
     activation "auto": softmax probabilities vs one-hot for multiclass integer labels (a Brier-style
     score), the raw outputs otherwise (real regression); or "none" | "sigmoid" | "softmax".
@@ -170,6 +171,8 @@ def regression_loss(x: Tensor, t: Targets, kind: str = "mse", activation: str = 
         loss = F.mse_loss(pred, t.dense, reduction="none")
     elif kind == "l1":
         loss = F.l1_loss(pred, t.dense, reduction="none")
+    elif kind == "huber":
+        loss = F.huber_loss(pred, t.dense, reduction="none", delta=beta)
     else:
         loss = F.smooth_l1_loss(pred, t.dense, reduction="none", beta=beta)
     return reduce_masked(loss, t.valid, reduction)

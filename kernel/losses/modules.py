@@ -142,7 +142,7 @@ class BCELoss(Loss):
 class _Regression(Loss):
     """Element-wise regression loss. activation "auto": multiclass integer labels compare softmax
     probabilities with one-hot (Brier-style); other targets compare the raw outputs (regression).
-    "none" | "sigmoid" | "softmax" force it. ``beta`` (smooth_l1 only): end of the quadratic part."""
+    "none" | "sigmoid" | "softmax" force it. ``beta`` (smooth_l1, huber): end of the quadratic part."""
 
     kind = "mse"
 
@@ -170,6 +170,12 @@ class L1Loss(_Regression):
 @_register("smooth_l1")
 class SmoothL1Loss(_Regression):
     kind = "smooth_l1"
+
+
+@_register("huber")
+class HuberLoss(_Regression):
+    """Huber: quadratic within ``beta`` (torch's ``delta``) of the target, linear beyond."""
+    kind = "huber"
 
 
 @_register("kl", aliases=("kl_div",))

@@ -6,7 +6,8 @@ members' probabilities: ``log(mean p)`` for softmax (``softmax(log q) = q`` when
 and ``logit(mean p)`` for sigmoid. Everything downstream (top-k, thresholds, argmax, flip TTA on
 probabilities) then works on an ensemble exactly as on one model. The sums run in float64 and the
 probabilities are kept inside [1e-12, 1 - 1e-12], so no logit is infinite (a bilinear resize of an
-infinite logit would give NaN); the round trip changes a probability by less than 1e-7.
+infinite logit would give NaN); the round trip changes a probability by less than 1e-7. Outputs that are
+values, not logits (regression, activation ``identity``), are averaged as they are.
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from torch import Tensor, nn
 
 __all__ = ["ACTIVATIONS", "mean_probabilities", "probabilities_to_logits", "FoldEnsemble"]
 
-ACTIVATIONS = ("softmax", "sigmoid")
+ACTIVATIONS = ("softmax", "sigmoid", "identity")  # identity: outputs that are values (regression), averaged as they are
 _EPS = 1e-12
 
 
 def _probs(logits: Tensor, activation: str) -> Tensor:
     logits = logits.double()
+    if activation == "identity":
+        return logits
     return logits.softmax(dim=1) if activation == "softmax" else torch.sigmoid(logits)
 
 
@@ -34,7 +37,10 @@ def mean_probabilities(logits: Sequence[Tensor], activation: str) -> Tensor:
 
 
 def probabilities_to_logits(probs: Tensor, activation: str) -> Tensor:
-    """Logits (float32) whose ``activation`` gives ``probs`` back: log p (softmax) or logit p (sigmoid)."""
+    """Logits (float32) whose ``activation`` gives ``probs`` back: log p (softmax), logit p (sigmoid), the values
+    themselves (identity)."""
+    if activation == "identity":
+        return probs.float()
     p = probs.double().clamp(_EPS, 1.0 - _EPS)
     return (p.log() if activation == "softmax" else torch.logit(p)).float()
 

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 import torch
 
 from .. import __version__
 from ..data import REPORT, name_files, read_report, too_many_bad, too_many_error
-from ..engine import TrainingDiverged, amp_name, evaluate, train_one_epoch
+from ..engine import EpochResult, StepConfig, TrainingDiverged, amp_name, evaluate, train_one_epoch
 from ..engine.distributed import wrap_ddp, world
 from ..models import set_backbone_frozen, train_mode
 from ..report import EpochReporter, Progress, write_json
-from ..tasks import monitor_mode
 from .budget import StopControl
 from .resume import FitState, save_epoch, save_position
 from .prepare import Prepared, backbone_frozen, hw
 
-__all__ = ["fit", "finish", "input_shape"]
+__all__ = ["fit", "finish", "input_shape", "step_config", "EpochOutcome"]
 
 log = logging.getLogger("kernel")
 
@@ -42,8 +42,27 @@ def _train_model(p: Prepared, epoch: int) -> None:
     train_mode(p.model, frozen)
 
 
-def _train_epoch(p: Prepared, epoch: int, state: FitState, control: StopControl) -> Dict[str, Any]:
-    """One epoch (from its saved position) of training and validation -> its history row ("_val", "_stopped")."""
+@dataclass
+class EpochOutcome:
+    """One epoch's end: its history row and validation metrics, or where it stopped (``stopped_at`` batches)."""
+    row: Dict[str, Any] = field(default_factory=dict)
+    val: Dict[str, Any] = field(default_factory=dict)
+    stopped_at: Optional[int] = None
+
+
+def step_config(p: Prepared, train: bool) -> StepConfig:
+    """The run's step settings for the training (with schedule, EMA and Mixup) or the validation pass."""
+    o = p.opts
+    common = dict(loss_fn=p.loss_fn, device=p.device, amp_dtype=p.amp_dtype, channels_last=o.channels_last,
+                  step=p.task.step, move=p.task.move)
+    if not train:
+        return StepConfig(**common)
+    return StepConfig(**common, scaler=p.scaler, accum_steps=o.accum_steps, clip_grad=o.clip_grad,
+                      schedule=p.schedule, mix=p.mix, ema=p.ema)
+
+
+def _train_epoch(p: Prepared, epoch: int, state: FitState, control: StopControl) -> EpochOutcome:
+    """One epoch (from its saved position) of training and validation."""
     o, t0 = p.opts, time.perf_counter()
     skip = state.batch if epoch == state.start_epoch else 0
     partial = state.partial[world().rank] if skip and state.partial else None
@@ -52,29 +71,29 @@ def _train_epoch(p: Prepared, epoch: int, state: FitState, control: StopControl)
     lr = p.optimizer.param_groups[-1]["lr"]  # the head's group: the nominal LR
     on_update = lambda done, snap: control.after_update(  # noqa: E731
         epoch, done, snap, lambda e, b, s: save_position(p, state, e, b, s))
-    tr = train_one_epoch(p.train_model, p.train_loader, p.optimizer, p.loss_fn, device=p.device,
-                         meter=p.task.meter(p.split, train=True), amp_dtype=p.amp_dtype, scaler=p.scaler,
-                         accum_steps=o.accum_steps, clip_grad=o.clip_grad, schedule=p.schedule,
-                         channels_last=o.channels_last, start_batch=skip, partial=partial, on_update=on_update,
-                         progress=Progress(f"epoch {epoch}/{o.epochs}", o.log_every), mix=p.mix, ema=p.ema)
-    if tr["stopped"]:
-        return {"_stopped": True, "_batch": tr["batches_done"]}
+    tr = train_one_epoch(p.train_model, p.train_loader, p.optimizer, step_config(p, train=True),
+                         meter=p.task.meter(p.split, train=True), start=(skip, partial), on_update=on_update,
+                         progress=Progress(f"epoch {epoch}/{o.epochs}", o.log_every))
+    if tr.stopped:
+        return EpochOutcome(stopped_at=tr.batches_done)
     t1 = time.perf_counter()
-    va = evaluate(p.ema.module if p.ema is not None else p.train_model, p.val_loader, p.loss_fn, device=p.device, meter=p.task.meter(p.split, train=False),
-                  amp_dtype=p.amp_dtype, channels_last=o.channels_last)
+    va = evaluate(p.ema.module if p.ema is not None else p.train_model, p.val_loader, step_config(p, train=False),
+                  meter=p.task.meter(p.split, train=False))
     control.val_time = time.perf_counter() - t1
     _time_report(epoch, tr)
-    return {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "val_loss": va["loss"], **p.task.row(tr, va),
-            "epoch_time": time.perf_counter() - t0, "img_per_s": tr["img_per_s"], "_val": va}
+    train, val = tr.summary(), va.summary()
+    row = {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "val_loss": va.loss, **p.task.row(train, val),
+           "epoch_time": time.perf_counter() - t0, "img_per_s": tr.img_per_s}
+    return EpochOutcome(row=row, val=val)
 
 
-def _time_report(epoch: int, tr: Dict[str, Any]) -> None:
+def _time_report(epoch: int, tr: EpochResult) -> None:
     """Where the epoch's time went: waiting for data against compute; say when the input is the bottleneck."""
-    if tr["skipped_steps"]:
-        log.info("GradScaler skipped %d of %d updates (inf/NaN gradients)", tr["skipped_steps"],
-                 tr["updates"] + tr["skipped_steps"])
-    share = tr["data_time"] / max(tr["time"], 1e-9)
-    if share > 0.4 and tr["time"] > 1.0:
+    if tr.skipped_steps:
+        log.info("GradScaler skipped %d of %d updates (inf/NaN gradients)", tr.skipped_steps,
+                 tr.updates + tr.skipped_steps)
+    share = tr.data_time / max(tr.time, 1e-9)
+    if share > 0.4 and tr.time > 1.0:
         log.warning("epoch %d: data loading took %.0f%% of the epoch: raise --workers (or lighten --aug)", epoch,
                     100 * share)
 
@@ -82,20 +101,20 @@ def _time_report(epoch: int, tr: Dict[str, Any]) -> None:
 def fit(p: Prepared, state: FitState, reporter: EpochReporter, control: StopControl) -> FitState:
     """Train from ``state``'s position to ``--epochs``; returns the final state (``stopped`` says why early)."""
     o = p.opts
-    maximize = monitor_mode(o.monitor) == "max"
+    maximize = p.task.monitor_mode(o.monitor) == "max"
     stale = 0 if state.best_epoch == 0 else state.start_epoch - 1 - state.best_epoch
     for epoch in range(state.start_epoch, o.epochs + 1):
         if control.before_epoch():
             state.stopped = control.reason
             break
         try:
-            row = _train_epoch(p, epoch, state, control)
+            outcome = _train_epoch(p, epoch, state, control)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"epoch {epoch}, {e}") from None
-        if row.get("_stopped"):
-            state.stopped, state.start_epoch, state.batch = control.reason, epoch, row["_batch"]
+        if outcome.stopped_at is not None:
+            state.stopped, state.start_epoch, state.batch = control.reason, epoch, outcome.stopped_at
             break
-        val = row.pop("_val")
+        row, val = outcome.row, outcome.val
         _check_bad_images(p, epoch)
         metric = row[o.monitor]
         p.schedule.step_epoch(metric)

@@ -61,15 +61,6 @@ def run_name(opts: Options) -> str:
     return f"{opts.name}/fold{fold_number(opts)}" if opts.folds else opts.name
 
 
-def _labels(task: Any, split: DataSplit, source: Any) -> Dict[str, Any]:
-    """make_folds' stratification arguments: by label for classification, none ("by image") otherwise."""
-    if not task.stratify_folds:
-        return {}
-    if split.multilabel:
-        return {"multilabel": source.label_matrix()}
-    return {"labels": list(source.targets)}
-
-
 def plan_folds(opts: Options, task: Any, split: DataSplit, new: bool = False) -> FoldPlan:
     """The split for ``--folds``: ``--folds-file``, else the run folder's ``folds.csv`` (unless ``new``: a
     fresh ``--fold all`` splits again), else a new one. Reads only; the run writes ``folds.csv``."""
@@ -92,7 +83,7 @@ def plan_folds(opts: Options, task: Any, split: DataSplit, new: bool = False) ->
             groups = source.column(opts.group_col, "group-col")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assignment = make_folds(len(ids), opts.folds, opts.seed, groups=groups, **_labels(task, split, source))
+            assignment = make_folds(len(ids), opts.folds, opts.seed, groups=groups, **task.fold_labels(split, source))
         for w in caught:
             log.warning("folds: %s", w.message)
         log.info("folds: %d folds of %d images (seed %d%s)", opts.folds, len(ids), opts.seed,

@@ -14,13 +14,13 @@ import copy
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..engine import autocast, rng_state, set_rng_state
+from ..engine import StepConfig, forward_backward, optimizer_step, rng_state, set_rng_state
 from ..errors import ConfigError
 from ..report.plots import new_figure, save_figure
 from .lr_curve import lr_schedule, plot_ylim, smooth, suggest_lr
@@ -118,49 +118,28 @@ def _batches(loader: Any) -> Iterator[Any]:
             raise ConfigError("lr_find: the training loader yields no batch; give it at least one batch of data")
 
 
-def _train_step(model: nn.Module, batch: Any, loss_fn: Callable, optimizer: torch.optim.Optimizer, *,
-                device: torch.device, amp_dtype: Optional[torch.dtype], scaler: Any, clip_grad: float,
-                channels_last: bool) -> float:
-    """One update on one batch, as ``kernel.engine.train_one_epoch`` does it; returns the loss (host float)."""
-    nb = device.type == "cuda"  # pinned host memory -> async copy
-    fmt = torch.channels_last if channels_last and batch[0].ndim == 4 else torch.preserve_format
-    images, targets = batch[0].to(device, non_blocking=nb, memory_format=fmt), batch[1].to(device, non_blocking=nb)
-    with autocast(device, amp_dtype):
-        loss = loss_fn(model(images), targets)
-    if not torch.is_tensor(loss) or loss.ndim != 0:
-        raise TypeError(f"the loss must return a scalar tensor, got {type(loss).__name__} "
-                        f"{tuple(getattr(loss, 'shape', ()))}")
-    optimizer.zero_grad(set_to_none=True)
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    if scaler is not None:
-        if clip_grad > 0:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        if clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        optimizer.step()
+def _train_step(model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, cfg: StepConfig) -> float:
+    """One update on one batch with the loop's own step (forward, loss, backward, clip, step); the loss (host)."""
+    batch = cfg.move(batch, cfg.device, cfg.channels_last)
+    _, loss = forward_backward(model, batch, optimizer, cfg, group_size=1, first=True, sync=True)
+    optimizer_step(optimizer, [p for g in optimizer.param_groups for p in g["params"]], cfg.scaler, cfg.clip_grad)
     return float(loss.detach().float().item())  # one host sync per step: the divergence test needs the value
 
 
-def find_lr(model: nn.Module, loader: Any, loss_fn: Callable, optimizer: torch.optim.Optimizer, *,
-            device: torch.device, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
-            beta: float = 0.98, diverge: float = 4.0, amp_dtype: Optional[torch.dtype] = None,
-            scaler: Optional[torch.amp.GradScaler] = None, channels_last: bool = False,
-            clip_grad: float = 0.0) -> Dict[str, Any]:
+def find_lr(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, cfg: StepConfig, *,
+            ramp: Tuple[float, float, int] = (1e-7, 10.0, 100), beta: float = 0.98,
+            diverge: float = 4.0) -> Dict[str, Any]:
     """Run the LR range test and put everything back; see the module docstring.
 
-    ``loader`` yields ``(images (N,C,H,W), targets, ...)`` batches; the model is on ``device``. Step
+    ``loader`` yields the batches the task's step takes (``cfg.step``, default ``(images (N,C,H,W), targets)``);
+    the model is on ``cfg.device``. ``ramp = (start_lr, end_lr, steps)``. Step
     ``i`` sets every param group's LR to ``lr_schedule(start_lr, end_lr, steps)[i]`` times the
     group's multiplier (``lr_mult`` when every group has one, else its ratio to the first group),
     then trains one batch. A model in eval mode is switched to train mode; one already in train
     mode is left as the caller set it (e.g. a frozen backbone's BatchNorm in eval). The test stops
     after the step whose smoothed loss is not finite or exceeds ``best + (diverge - 1) * |best|``
-    (``diverge`` x the best for positive losses). ``amp_dtype``, ``scaler``, ``clip_grad`` (0: off)
-    and ``channels_last`` mean what they mean to ``train_one_epoch``; give the run's own values.
+    (``diverge`` x the best for positive losses). ``cfg`` (loss, precision, scaler, clipping) means what it
+    means to ``train_one_epoch``: the same step runs; give the run's own.
 
     Returns ``lrs``, ``losses``, ``smoothed`` (float64 arrays (steps done,), ``lrs`` the nominal
     ramped LR, ``smoothed`` the running average the stop rule watches), ``suggestion`` (float),
@@ -168,7 +147,8 @@ def find_lr(model: nn.Module, loader: Any, loss_fn: Callable, optimizer: torch.o
     smoothing, up to the first non-finite loss), all from :func:`suggest_lr`; ``bottom`` (int, the end of
     the meaningful part), ``stopped_early`` (bool), ``steps`` (int, done).
     """
-    ramp = lr_schedule(start_lr, end_lr, steps)
+    scaler = cfg.scaler
+    ramp = lr_schedule(*ramp)
     if not (0.0 <= beta < 1.0):
         raise ConfigError(f"lr_find: beta={beta!r} must be in [0, 1); pass e.g. 0.98")
     if not (math.isfinite(diverge) and diverge > 1):
@@ -184,8 +164,7 @@ def find_lr(model: nn.Module, loader: Any, loss_fn: Callable, optimizer: torch.o
         avg, best = 0.0, math.inf
         for i, lr in enumerate(ramp):
             _set_lrs(optimizer, float(lr), mults)
-            losses.append(_train_step(model, next(batches), loss_fn, optimizer, device=device, amp_dtype=amp_dtype,
-                                      scaler=scaler, clip_grad=clip_grad, channels_last=channels_last))
+            losses.append(_train_step(model, next(batches), optimizer, cfg))
             avg = beta * avg + (1.0 - beta) * losses[-1]
             s = avg / (1.0 - beta ** (i + 1))  # the same value smooth() gives
             if not math.isfinite(s) or s > best + (diverge - 1.0) * abs(best):

@@ -14,7 +14,7 @@ import torch
 
 from ..augment import save_aug_grid, seed_worker
 from ..data import REPORT, ReadGuard, TransformedDataset, build_loader, name_files, read_report, too_many_bad
-from ..engine import make_scaler, resolve_amp_dtype, resolve_device
+from ..engine import StepConfig, make_scaler, resolve_amp_dtype, resolve_device
 from ..options import Options
 from ..report import summary_table
 from ..schedule import format_lr_table, preview_lr
@@ -124,8 +124,9 @@ def _find_lr(opts: Options) -> Dict[str, Any]:
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
     amp_dtype = resolve_amp_dtype(device, opts.amp, opts.amp_dtype)
-    result = find_lr(model, train_loader, loss_fn.to(device), optimizer, device=device, steps=opts.find_lr_steps, amp_dtype=amp_dtype,
-                     scaler=make_scaler(device, amp_dtype), channels_last=opts.channels_last, clip_grad=opts.clip_grad)
+    cfg = StepConfig(loss_fn.to(device), device, amp_dtype, make_scaler(device, amp_dtype), clip_grad=opts.clip_grad,
+                     channels_last=opts.channels_last, step=task.step, move=task.move)
+    result = find_lr(model, train_loader, optimizer, cfg, ramp=(1e-7, 10.0, opts.find_lr_steps))
     path = plot_lr_find(result, run_dir_of(opts) / "lr_find.png")
     if not result["usable"]:  # say so before the number: a guess must not pass for a measurement
         log.warning("--find-lr: the loss shows no clear descent over %d steps; the LR below is a guess. Try more "

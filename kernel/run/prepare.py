@@ -33,7 +33,7 @@ from ..paths import detect_platform, resolve_path
 from ..errors import ConfigError
 from ..registry import parse_kwargs
 from ..schedule import LRSchedule, create_scheduler
-from ..tasks import Task, detect_task, get_task, monitor_mode
+from ..tasks import Task, detect_task, get_task
 from .kfold import fold_number, plan_folds, run_root, split_for_fold
 
 __all__ = ["DRY_RUN", "Prepared", "hw", "backbone_frozen", "effective_options", "as_asked", "dry_run_reductions",
@@ -90,11 +90,9 @@ def effective_options(opts: Options) -> Options:
     changes: Dict[str, Any] = {}
     if opts.task == "auto":
         data = opts.data if opts.data == "shapes" else resolve_path(opts.data, "data")
-        changes["task"] = detect_task(data, opts.csv, opts.rle_col, opts.class_col)
+        changes["task"] = detect_task(opts, data)
     task = get_task(changes.get("task", opts.task))
-    if task.name == "classify" and isinstance(opts.img_size, list):
-        raise ConfigError(f"--img-size {opts.img_size[0]} {opts.img_size[1]}: classification crops a square; give "
-                          "one size (height and width are for --task segment)")
+    task.check_options(opts)
     if opts.dry_run:
         changes.update(epochs=min(opts.epochs, DRY_RUN["epochs"]), batch_size=min(opts.batch_size, DRY_RUN["batch_size"]))
     if opts.workers == "auto":
@@ -159,8 +157,7 @@ def prepare_data(opts: Options, task: Task, new_folds: bool = False) -> DataSpli
     if opts.dry_run:
         split.train = _subset(split.train, DRY_RUN["train_batches"] * opts.batch_size, opts.seed)
         split.val = _subset(split.val, DRY_RUN["val_batches"] * opts.batch_size, opts.seed)
-    log.info("data: %d train / %d val images, %d classes%s%s", len(split.train), len(split.val), len(split.classes),
-             " (multi-label)" if split.multilabel else "",
+    log.info("data: %d train / %d val images, %s%s", len(split.train), len(split.val), task.describe_labels(split),
              f"; fold {split.folds.fold} of {split.folds.k}" if split.folds is not None else "")
     return split
 
@@ -206,7 +203,7 @@ def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str,
                              drop_last=train, rank=w.rank, world=w.size) for source, train in ((split.train, True),
                                                                                             (split.val, False))]
     loaders = [build_loader(dataset(source, train), batch_size=opts.batch_size, workers=opts.workers, device=device,
-                            sampler=sampler, worker_init_fn=seed_worker, seed=opts.seed)
+                            sampler=sampler, worker_init_fn=seed_worker, seed=opts.seed, collate_fn=task.collate)
                for (source, train), sampler in zip(((split.train, True), (split.val, False)), samplers)]
     return loaders[0], loaders[1], samplers[0]
 
@@ -227,7 +224,7 @@ def prepare_optimization(opts: Options, task: Task, split: DataSplit, model: nn.
                 sched_kwargs.setdefault(key, getattr(opts, key))
     schedule = create_scheduler(opts.sched, optimizer, epochs=opts.epochs, steps_per_epoch=steps_per_epoch,
                                 interval=opts.sched_interval, warmup_epochs=opts.warmup_epochs,
-                                warmup_steps=opts.warmup_steps, monitor_mode=monitor_mode(opts.monitor),
+                                warmup_steps=opts.warmup_steps, monitor_mode=task.monitor_mode(opts.monitor),
                                 **sched_kwargs)
     return loss_fn, optimizer, schedule, steps_per_epoch
 

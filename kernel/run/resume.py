@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ..config import options_to_dict
-from ..engine import (export_safetensors, load_checkpoint, make_checkpoint, prediction_checkpoint, read_checkpoint,
+from ..engine import (RunIdentity, RunProgress, TrainingParts, export_safetensors, load_checkpoint, make_checkpoint, prediction_checkpoint, read_checkpoint,
                       rng_state, save_checkpoint, set_rng_state)
 from ..engine.distributed import gather_objects, world
 from ..paths import TMP_SUFFIX, atomic_write, detect_platform, find_in_inputs, resolve_path
@@ -98,9 +98,8 @@ def _option_differences(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]
 
 
 def _trained_as(task: str, options: Dict[str, Any], classes: List[str]) -> str:
-    """How a run describes itself in a resume error: ``resnet18 on 3 classes`` (+ the task when not classify)."""
-    what = f"{options.get('model')} on {len(classes)} classes"
-    return what if task == "classify" else f"{task} {what}"
+    """How a run describes itself in a resume error: ``classify resnet18 on 3 classes``."""
+    return f"{task} {options.get('model')} on {len(classes)} classes"
 
 
 def resume_state(p: Prepared) -> FitState:
@@ -202,10 +201,10 @@ def _checkpoint(p: Prepared, state: FitState, position: Optional[Dict[str, Any]]
     ranks = gather_objects(rng_state())
     if not world().main:
         return None
-    return make_checkpoint(model=p.model, task=p.task.name, classes=p.split.classes, meta=p.task.export_meta(p.split),
-                           options=options_to_dict(p.opts), epoch=state.last_epoch, best_metric=state.best,
-                           best_epoch=state.best_epoch, history=state.history, optimizer=p.optimizer,
-                           schedule=p.schedule, scaler=p.scaler, position=position, rng_ranks=ranks,
+    return make_checkpoint(p.model, RunIdentity(p.task.name, p.split.classes, p.task.export_meta(p.split),
+                                                options_to_dict(p.opts)),
+                           RunProgress(state.last_epoch, state.best, state.best_epoch, state.history, position),
+                           TrainingParts(p.optimizer, p.schedule, p.scaler, ranks),
                            ema=p.ema.module if p.ema is not None else None)
 
 

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from ...augment import build_transform
-from ...data import DataSplit, ImageList, build_loader, build_sources, settle_unreadable_inputs
-from ...engine.amp import autocast, resolve_amp_dtype
-from ...models import create_model, list_models, resolve_data_config
-from ...report import plots
+from ...data import DataSplit, ImageList, build_sources, settle_unreadable_inputs
 from ...errors import ConfigError
+from ...models import create_model, list_models, resolve_data_config
+from ...options import PredictOptions
+from ...report import plots
 from ..base import Task
+from ..predicting import predict_batches
 from .metrics import ClassifyMeter, accuracy, per_class_stats, write_per_class_csv
 from .oof import cv_accuracy, oof_table
 from .outputs import class_prior, fallback_probs, unreadable_report, write_predictions_csv, write_submission
@@ -34,6 +35,15 @@ N_PICTURES = 16  # validation images in predictions.png
 
 class ClassifyTask(Task):
     name = "classify"
+    auto_fallback = True  # --task auto: whatever no other task claims is classified
+
+    def check_options(self, opts: Any) -> None:
+        if "," in opts.label_col:
+            raise ConfigError(f"--label-col {opts.label_col!r}: classification reads one label column (labels "
+                              "space-separated within it); a list of columns is for numeric targets (--task regress)")
+        if isinstance(opts.img_size, list):
+            raise ConfigError(f"--img-size {opts.img_size[0]} {opts.img_size[1]}: classification crops a square; "
+                              "give one size (height and width are for --task segment)")
     monitors = ("val_acc", "val_loss")
     columns = ("train_acc", "val_acc", "val_acc5")
     metric_panel = ("accuracy", [("train_acc", "train"), ("val_acc", "val"), ("val_acc5", "val top-5")])
@@ -118,9 +128,9 @@ class ClassifyTask(Task):
         return [(image, None) for image, _, _ in samples], {
             "titles": [label_text(target, split.classes) for _, target, _ in samples]}
 
-    def predict(self, trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
+    def predict(self, trained: Any, items: List[Tuple[str, str]], popts: PredictOptions,
                 device: torch.device) -> Dict[str, Any]:
-        """predictions.csv (top-k per image) and, when ``popts['submission']`` names a file, the submission.
+        """predictions.csv (top-k per image) and, when ``popts.submission`` names a file, the submission.
 
         An unreadable image gets the training prior as its probabilities, so every input has its row; it is
         named in the log and listed in ``<out stem>_bad_images.txt``; too many of them stop before anything is
@@ -128,25 +138,25 @@ class ClassifyTask(Task):
         multilabel = bool(trained.meta.get("multilabel"))
         paths, bad = [p for _, p in items], {}
         probs = predict_probs(trained.model, trained.transform, paths, in_chans=trained.in_chans,
-                              multilabel=multilabel, device=device, batch_size=popts["batch_size"],
-                              workers=popts["workers"], amp=popts["amp"], tta=popts["tta"], bad=bad)
+                              multilabel=multilabel, device=device, batch_size=popts.batch_size,
+                              workers=popts.workers, amp=popts.amp, tta=popts.tta, bad=bad)
         o = trained.options
-        settle_unreadable_inputs(paths, bad, unreadable_report(popts["out"]), limit_fraction=o["bad_images_limit"],
+        settle_unreadable_inputs(paths, bad, unreadable_report(popts.out), limit_fraction=o["bad_images_limit"],
                                  floor_files=o["bad_images_floor"],
                                  fallback="the training prior (the class frequencies of the training images)")
         if bad:
             probs[sorted(bad)] = fallback_probs(trained.meta, len(trained.classes))
         result: Dict[str, Any] = {"images": len(items), "unreadable": [paths[i] for i in sorted(bad)],
-                                  "predictions": write_predictions_csv(paths, probs, trained.classes, popts["out"],
-                                                                       popts["topk"])}
-        log.info("predicted %d images%s -> %s", len(items), " (flip TTA)" if popts["tta"] else "", popts["out"])
-        if popts["submission"]:
+                                  "predictions": write_predictions_csv(paths, probs, trained.classes, popts.out,
+                                                                       popts.topk)}
+        log.info("predicted %d images%s -> %s", len(items), " (flip TTA)" if popts.tta else "", popts.out)
+        if popts.submission:
             result["submission"] = write_submission(
-                [i for i, _ in items], probs, trained.classes, popts["submission"],
-                id_col=popts["id_col"] or o.get("image_col") or "id",
-                target_col=popts["target_col"] or o.get("label_col") or "label", sample=popts["sample_submission"],
+                [i for i, _ in items], probs, trained.classes, popts.submission,
+                id_col=popts.id_col or o.get("image_col") or "id",
+                target_col=popts.target_col or o.get("label_col") or "label", sample=popts.sample_submission,
                 multilabel=multilabel)
-            log.info("wrote %s", popts["submission"])
+            log.info("wrote %s", popts.submission)
         return result
 
     def activation(self, meta: Dict[str, Any]) -> str:
@@ -169,21 +179,14 @@ def predict_probs(model: nn.Module, transform: Callable, paths: Sequence[str], *
 
     An image that cannot be read stops with one line naming it, unless ``bad`` is given: then it is recorded
     there (index -> why) and its row, the model's output on a blank image, is the caller's to replace."""
-    dtype = resolve_amp_dtype(device, amp)
-    loader = build_loader(ImageList(paths, transform, in_chans), batch_size=batch_size,
-                          workers=workers, device=device, persistent=False)  # one pass: no workers kept
     act = torch.sigmoid if multilabel else (lambda z: z.softmax(dim=1))
-    out = []
-    for images, index, errors in loader:
-        for i, error in zip(index.tolist(), errors):
-            if error and bad is None:
-                raise ConfigError(f"inputs: cannot read image {paths[i]!r} ({error})")
-            if error:
-                bad[i] = error
-        images = images.to(device, non_blocking=device.type == "cuda")
-        with autocast(device, dtype):
-            p = act(model(images).float())
-            if tta:  # horizontal flip: probabilities averaged, so they still sum to 1
-                p = (p + act(model(images.flip(3)).float())) / 2
-        out.append(p.float().cpu())
+
+    def probs(m: nn.Module, x: torch.Tensor, _: Any) -> Tuple[None, torch.Tensor]:
+        p = act(m(x).float())
+        if tta:  # horizontal flip: probabilities averaged, so they still sum to 1
+            p = (p + act(m(x.flip(3)).float())) / 2
+        return None, p
+
+    out = [p.float().cpu() for _, p in predict_batches(model, probs, ImageList(paths, transform, in_chans), device=device,
+                                                        batch_size=batch_size, workers=workers, amp=amp, bad=bad)]
     return torch.cat(out) if out else torch.zeros(0, 0)

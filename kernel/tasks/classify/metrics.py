@@ -65,14 +65,13 @@ class ClassifyMeter:
 
     def sync(self) -> None:
         """Sum the counts over the processes; gather the kept outputs in dataset order."""
-        from ...engine.distributed import all_reduce_sum, gather_objects
+        from ...engine.distributed import all_reduce_sum, gather_in_order, gather_objects
 
         self.load_state({k: all_reduce_sum(v.clone()) for k, v in self._sums.items()})
         info = gather_objects((self.num_classes, self.multilabel))
         self.num_classes, self.multilabel = max(c for c, _ in info), any(m for _, m in info)
         if self.keep_outputs:
-            parts = gather_objects((_cat(self.probs).cpu(), _cat(self.targets).cpu()))
-            self.probs, self.targets = [_interleave([p for p, _ in parts])], [_interleave([t for _, t in parts])]
+            self.probs, self.targets = [gather_in_order(self.probs)], [gather_in_order(self.targets)]
 
     def compute(self) -> Dict[str, Any]:
         n = max(float(self._sums["seen"]), 1.0)
@@ -87,18 +86,6 @@ class ClassifyMeter:
 
 def _cat(parts: List[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0)
-
-
-def _interleave(parts: List[torch.Tensor]) -> torch.Tensor:
-    """Process r's rows are dataset rows r, r + P, r + 2P...: put them back in dataset order."""
-    filled = [p for p in parts if p.numel()]
-    if not filled:
-        return torch.zeros(0)
-    out = filled[0].new_empty((sum(len(p) for p in parts), *filled[0].shape[1:]))
-    for r, p in enumerate(parts):
-        if len(p):
-            out[r::len(parts)] = p
-    return out
 
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:

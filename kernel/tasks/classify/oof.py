@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...engine.amp import autocast
+from ...engine.amp import forward
+from ...engine.step import supervised_step, to_device
 
 __all__ = ["FIXED", "probability_columns", "oof_table", "cv_accuracy"]
 
@@ -38,8 +39,8 @@ def oof_table(model: nn.Module, loader: Any, ids: Sequence[str], fold: int, clas
     model.eval()
     probs, targets = [], []
     for images, target in loader:
-        with autocast(device, amp_dtype):
-            logits = model(images.to(device, non_blocking=device.type == "cuda")).float()
+        _, logits = forward(supervised_step, model, (to_device(images, device),), None, device, amp_dtype)
+        logits = logits.float()
         probs.append((torch.sigmoid(logits) if multilabel else logits.softmax(dim=1)).cpu())
         targets.append(target)
     p = torch.cat(probs).numpy() if probs else np.zeros((0, len(classes)))

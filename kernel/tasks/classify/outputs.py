@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from ...data import index_sample_ids
 from ...errors import ConfigError
 from ...report.files import write_csv
 
@@ -117,15 +118,8 @@ def write_submission(ids: Sequence[str], probs: torch.Tensor, classes: Sequence[
         rows = [[id_col, target_col]] + [[i, _label(p[n], classes, multilabel)] for n, i in enumerate(ids)]
         return write_csv(rows, out)
     header, order = read_sample_submission(sample)
-    index: Dict[str, int] = {}
-    for n, ident in enumerate(ids):
-        index.setdefault(ident, n)
-        index.setdefault(Path(ident).stem, n)
-    missing = [i for i in order if i not in index and Path(i).stem not in index]
-    if missing:
-        raise ConfigError(f"--sample-submission: {len(missing)} of its {len(order)} ids have no predicted image "
-                          f"(first: {missing[0]!r}); predict the competition's test images")
-    extra = len(set(range(len(ids))) - {index.get(i, index.get(Path(i).stem)) for i in order})
+    positions = index_sample_ids(ids, order)
+    extra = len(set(range(len(ids))) - set(positions))
     if extra:
         log.warning("submission: %d predicted images are not in the sample submission; left out", extra)
     per_class = list(header[1:])
@@ -135,8 +129,7 @@ def write_submission(ids: Sequence[str], probs: torch.Tensor, classes: Sequence[
                           f"classes ({', '.join(map(str, classes))})")
     col = {str(c): j for j, c in enumerate(classes)}
     rows = [header]
-    for ident in order:
-        n = index[ident] if ident in index else index[Path(ident).stem]
+    for ident, n in zip(order, positions):
         if as_probs:
             rows.append([ident] + [f"{p[n, col[c]]:.6f}" for c in per_class])
         else:

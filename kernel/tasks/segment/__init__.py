@@ -10,6 +10,8 @@ masks at each image's size and Kaggle RLE submissions.
 """
 from __future__ import annotations
 
+import csv
+import os
 from pathlib import Path
 from typing import AbstractSet, Any, Callable, Dict, List, Sequence, Tuple
 
@@ -20,6 +22,7 @@ from ...augment import build_transform
 from ...data import DEFAULT_DATA_CONFIG, DataSplit, fit_channel_stats
 from ...models.segmentation import create_seg_model, list_seg_models
 from ...errors import ConfigError
+from ...options import PredictOptions
 from ...report import plots
 from ..base import Task
 from .data import build_seg_sources, decode_multilabel
@@ -54,6 +57,23 @@ class MaskTarget:
 
 class SegmentTask(Task):
     name = "segment"
+    smoke_flags = ("--data", "shapes", "--model", "tu-test_resnet")  # a U-Net on a timm test encoder
+
+    def detect(self, opts: Any, data: str) -> bool:
+        """Masks: ``DIR/images`` + ``DIR/masks``, an RLE column in the CSV, or --rle-col/--class-col given."""
+        from .data import RLE_COLUMNS
+
+        if opts.rle_col or opts.class_col:
+            return True
+        root = Path(data)
+        if data != "shapes" and (root / "images").is_dir() and (root / "masks").is_dir():
+            return True
+        csv_path = Path(opts.csv) if os.path.isabs(opts.csv) else root / opts.csv
+        if opts.csv and csv_path.is_file():
+            with open(csv_path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), [])
+            return any(h.strip().lower() in RLE_COLUMNS for h in header)
+        return False
     monitors = ("val_miou", "val_dice", "val_loss")
     columns = ("train_miou", "val_miou", "val_dice", "val_image_miou", "val_pixel_acc")
     metric_panel = ("IoU / Dice", [("train_miou", "train mIoU"), ("val_miou", "val mIoU"), ("val_dice", "val Dice")])
@@ -144,7 +164,7 @@ class SegmentTask(Task):
     def export_meta(self, split: DataSplit) -> Dict[str, Any]:
         return dict(split.meta)
 
-    def predict(self, trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
+    def predict(self, trained: Any, items: List[Tuple[str, str]], popts: PredictOptions,
                 device: torch.device) -> Dict[str, Any]:
         from .inference import predict_masks
         return predict_masks(trained, items, popts, device)

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...data import REPORT, ImageList, build_loader, settle_unreadable_inputs
-from ...engine.amp import autocast, resolve_amp_dtype
-from ...errors import ConfigError
+from ...data import REPORT, ImageList, settle_unreadable_inputs
+from ...options import PredictOptions
+from ..predicting import predict_batches
 from ...report.files import write_csv
 from .masks import palette, write_mask_png
 from .rle import rle_encode
@@ -37,6 +37,15 @@ __all__ = ["predict_logits", "logits_to_masks", "remove_small_regions", "mask_pa
 log = logging.getLogger("kernel")
 
 
+def _plain_step(model: Any, images: torch.Tensor, _: Any) -> Tuple[None, torch.Tensor]:
+    return None, model(images).float()
+
+
+def _tta_step(model: Any, images: torch.Tensor, _: Any) -> Tuple[None, torch.Tensor]:
+    """Horizontal flip: the flipped image's logits, flipped back, averaged with the plain ones."""
+    return None, (model(images).float() + model(images.flip(3)).float().flip(3)) / 2
+
+
 @torch.no_grad()
 def predict_logits(trained: Any, paths: Sequence[str], *, device: torch.device, batch_size: int, workers: int,
                    amp: bool, tta: bool, bad: Optional[Dict[int, str]] = None) -> Iterator[Tuple[int, torch.Tensor]]:
@@ -44,20 +53,12 @@ def predict_logits(trained: Any, paths: Sequence[str], *, device: torch.device, 
 
     An image that cannot be read stops with one line naming it, unless ``bad`` is given: then it is recorded
     there (index -> why) and yields nothing."""
-    dtype = resolve_amp_dtype(device, amp)
-    loader = build_loader(ImageList(paths, trained.transform, trained.in_chans), batch_size=batch_size,
-                          workers=workers, device=device, persistent=False)
-    for images, index, errors in loader:
-        images = images.to(device, non_blocking=device.type == "cuda")
-        with autocast(device, dtype):
-            logits = trained.model(images).float()
-            if tta:  # horizontal flip: the flipped image's logits, flipped back, averaged with the plain ones
-                logits = (logits + trained.model(images.flip(3)).float().flip(3)) / 2
-        for k, (i, error) in enumerate(zip(index.tolist(), errors)):
-            if error and bad is None:
-                raise ConfigError(f"inputs: cannot read image {paths[i]!r} ({error})")
-            if error:
-                bad[i] = error
+    batches = predict_batches(trained.model, _tta_step if tta else _plain_step,
+                              ImageList(paths, trained.transform, trained.in_chans), device=device,
+                              batch_size=batch_size, workers=workers, amp=amp, bad=bad)
+    for index, logits in batches:
+        for k, i in enumerate(index):
+            if bad is not None and i in bad:
                 continue
             with Image.open(paths[i]) as img:
                 w0, h0 = img.size
@@ -109,28 +110,28 @@ def write_masks(masks: np.ndarray, out: Path, stem: str, mode: str, classes: Seq
         write_mask_png(masks, out / f"{stem}.png", pal)
 
 
-def predict_masks(trained: Any, items: List[Tuple[str, str]], popts: Dict[str, Any],
+def predict_masks(trained: Any, items: List[Tuple[str, str]], popts: PredictOptions,
                   device: torch.device) -> Dict[str, Any]:
-    """Write one mask per image into ``popts['out']`` and, when asked, the RLE submission; see the module doc.
+    """Write one mask per image into ``popts.out`` and, when asked, the RLE submission; see the module doc.
 
     The submission (a sample submission's columns, ids and classes) is checked first: a refusal writes nothing."""
     mode, classes = trained.meta["mode"], trained.classes
-    out = Path(popts["out"])
+    out = Path(popts.out)
     pal = mask_palette(trained.meta, classes)
     order = trained.options.get("rle_order", "F")
     fg = list(classes) if mode == "multilabel" else classes[1:] if len(classes) > 1 else list(classes)
     plan = plan_submission([ident for ident, _ in items], fg, popts, trained.options,
-                           per_class=mode != "binary") if popts["submission"] else None
+                           per_class=mode != "binary") if popts.submission else None
     rles: Dict[int, List[str]] = {}  # image index -> RLE per foreground class (fg's order)
     paths, bad = [p for _, p in items], {}
-    for i, logits in predict_logits(trained, paths, device=device, batch_size=popts["batch_size"],
-                                    workers=popts["workers"], amp=popts["amp"], tta=popts["tta"], bad=bad):
-        masks = logits_to_masks(logits, mode, popts["threshold"])
+    for i, logits in predict_logits(trained, paths, device=device, batch_size=popts.batch_size,
+                                    workers=popts.workers, amp=popts.amp, tta=popts.tta, bad=bad):
+        masks = logits_to_masks(logits, mode, popts.threshold)
         if mode == "multilabel":
-            masks = np.stack([remove_small_regions(m.astype(np.uint8), popts["min_area"]) for m in masks])
+            masks = np.stack([remove_small_regions(m.astype(np.uint8), popts.min_area) for m in masks])
             rles[i] = [rle_encode(m, order) for m in masks]
         else:
-            masks = remove_small_regions(masks, popts["min_area"])
+            masks = remove_small_regions(masks, popts.min_area)
             rles[i] = [rle_encode(masks == k + 1, order) for k in range(len(fg))]
         write_masks(masks, out, Path(items[i][1]).stem, mode, classes, pal)
     settle_unreadable_inputs(paths, bad, out / REPORT, limit_fraction=trained.options["bad_images_limit"],
@@ -138,9 +139,9 @@ def predict_masks(trained: Any, items: List[Tuple[str, str]], popts: Dict[str, A
                              fallback="an all-background mask in the submission (and no mask file)")
     for i in bad:  # the fallback: nothing found, an empty run-length code for every class
         rles[i] = [""] * len(fg)
-    log.info("predicted %d masks%s -> %s", len(items) - len(bad), " (flip TTA)" if popts["tta"] else "", out)
+    log.info("predicted %d masks%s -> %s", len(items) - len(bad), " (flip TTA)" if popts.tta else "", out)
     result: Dict[str, Any] = {"images": len(items), "masks": str(out), "unreadable": [paths[i] for i in sorted(bad)]}
     if plan is not None:
-        result["submission"] = write_csv(plan.table(rles), popts["submission"])
-        log.info("wrote %s", popts["submission"])
+        result["submission"] = write_csv(plan.table(rles), popts.submission)
+        log.info("wrote %s", popts.submission)
     return result

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...engine.amp import autocast
+from ...engine.amp import forward
+from ...engine.step import supervised_step, to_device
 from .metrics import mean_present, scores, stat_counts
 from .inference import logits_to_masks, mask_palette, write_masks
 
@@ -63,8 +64,8 @@ def oof_table(model: nn.Module, loader: Any, raw_mask: Callable[[int], np.ndarra
     pal = mask_palette(meta, classes)
     rows, j = [], 0
     for images, _ in loader:
-        with autocast(device, amp_dtype):
-            logits = model(images.to(device, non_blocking=device.type == "cuda")).float()
+        _, logits = forward(supervised_step, model, (to_device(images, device),), None, device, amp_dtype)
+        logits = logits.float()
         for k in range(logits.shape[0]):
             if j in leave_out:
                 j += 1

@@ -17,10 +17,11 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ...data import index_sample_ids
 from ...errors import ConfigError
+from ...options import PredictOptions
 from .data import CLASS_COLUMNS, RLE_COLUMNS
 
 __all__ = ["SubmissionPlan", "plan_submission", "class_position"]
@@ -78,15 +79,15 @@ def _find(header: Sequence[str], given: str, option: str, from_training: str, gu
     return None
 
 
-def _columns(header: List[str], popts: Dict[str, Any], trained: Dict[str, Any], path: str) -> Tuple[int, Optional[int], int]:
+def _columns(header: List[str], popts: PredictOptions, trained: Dict[str, Any], path: str) -> Tuple[int, Optional[int], int]:
     """(id, class or None, RLE) column positions of a sample submission with 2 or 3 columns."""
     if len(header) not in (2, 3):
         raise ConfigError(f"--sample-submission: {path!r} has {len(header)} columns ({', '.join(header)}); a "
                           "segmentation submission has an id, an RLE and, per class, a class column")
     taken: List[int] = []
-    roles = [("id", popts["id_col"], "id-col", str(trained.get("image_col") or ""), ID_COLUMNS),
+    roles = [("id", popts.id_col, "id-col", str(trained.get("image_col") or ""), ID_COLUMNS),
              ("class", "", "", str(trained.get("class_col") or ""), CLASS_COLUMNS),
-             ("rle", popts["target_col"], "target-col", str(trained.get("rle_col") or ""), RLE_COLUMNS)]
+             ("rle", popts.target_col, "target-col", str(trained.get("rle_col") or ""), RLE_COLUMNS)]
     if len(header) == 2:
         roles.pop(1)
     found: Dict[str, Optional[int]] = {}
@@ -104,22 +105,22 @@ def _columns(header: List[str], popts: Dict[str, Any], trained: Dict[str, Any], 
     return found["id"], found.get("class"), found["rle"]
 
 
-def _own_table(ids: Sequence[str], names: Sequence[str], popts: Dict[str, Any], per_class: bool) -> SubmissionPlan:
+def _own_table(ids: Sequence[str], names: Sequence[str], popts: PredictOptions, per_class: bool) -> SubmissionPlan:
     if per_class:
-        header = [popts["id_col"] or "ImageId", "ClassId", popts["target_col"] or "EncodedPixels"]
+        header = [popts.id_col or "ImageId", "ClassId", popts.target_col or "EncodedPixels"]
         cells = [[ident, str(name), ""] for ident in ids for name in names]
         wanted = [(n, k) for n in range(len(ids)) for k in range(len(names))]
         return SubmissionPlan(header, cells, 2, wanted)
-    header = [popts["id_col"] or "id", popts["target_col"] or "rle_mask"]
+    header = [popts.id_col or "id", popts.target_col or "rle_mask"]
     return SubmissionPlan(header, [[ident, ""] for ident in ids], 1, [(n, 0) for n in range(len(ids))])
 
 
-def plan_submission(ids: Sequence[str], names: Sequence[str], popts: Dict[str, Any], trained: Dict[str, Any],
+def plan_submission(ids: Sequence[str], names: Sequence[str], popts: PredictOptions, trained: Dict[str, Any],
                     per_class: bool) -> SubmissionPlan:
     """Plan the RLE submission of the images ``ids`` (in input order) for a model whose foreground classes are
-    ``names``; ``trained`` are the training run's options. Reads and checks ``popts['sample_submission']``
+    ``names``; ``trained`` are the training run's options. Reads and checks ``popts.sample_submission``
     when given; every problem is a one-line ConfigError, raised before anything is predicted or written."""
-    path = popts["sample_submission"]
+    path = popts.sample_submission
     if not path:
         return _own_table(ids, names, popts, per_class)
     with open(path, newline="", encoding="utf-8") as fh:
@@ -128,21 +129,14 @@ def plan_submission(ids: Sequence[str], names: Sequence[str], popts: Dict[str, A
         raise ConfigError(f"--sample-submission: {path!r} is empty; it needs a header and a row per id")
     header, body = sample[0], sample[1:]
     id_col, class_col, rle_col = _columns(header, popts, trained, path)
-    index: Dict[str, int] = {}
-    for n, ident in enumerate(ids):
-        index.setdefault(ident, n)
-        index.setdefault(Path(ident).stem, n)
     order = [r[id_col] if id_col < len(r) else "" for r in body]
-    missing = [i for i in order if i not in index and Path(i).stem not in index]
-    if missing:
-        raise ConfigError(f"--sample-submission: {len(missing)} of its {len(order)} ids have no predicted image "
-                          f"(first: {missing[0]!r}); predict the competition's test images")
+    positions = index_sample_ids(ids, order)
     if class_col is None and len(names) > 1:
         raise ConfigError(f"--sample-submission: {path!r} has no class column ({', '.join(header)}), but the model "
                           f"predicts {len(names)} classes ({', '.join(map(str, names))}); give a sample with a "
                           "ClassId column")
     cells, wanted = [], []
-    for line, (row, ident) in enumerate(zip(body, order), start=2):
+    for line, (row, position) in enumerate(zip(body, positions), start=2):
         row = (row + [""] * len(header))[:len(header)]
         k = 0 if class_col is None else class_position(row[class_col], names)
         if k is None:
@@ -153,5 +147,5 @@ def plan_submission(ids: Sequence[str], names: Sequence[str], popts: Dict[str, A
                               f"{header[class_col]} column")
         row[rle_col] = ""
         cells.append(row)
-        wanted.append((index[ident] if ident in index else index[Path(ident).stem], k))
+        wanted.append((position, k))
     return SubmissionPlan(header, cells, rle_col, wanted)
