@@ -438,6 +438,35 @@ def test_kaggle_kfold_run_writes_oof_cv_and_an_ensembled_submission(tmp_path):
     assert (run / "cv.png").is_file() and all((run / f"fold{i}" / "best.pt").is_file() for i in range(3))
 
 
+REG_CONFIG = {"task": "regress", "data": "reg-data/train", "csv": "targets.csv", "image_dir": "images", "model": "test_resnet",
+              "img_size": 32, "epochs": 1, "dry_run": True, "device": "cpu", "workers": 0, "batch_size": 8,
+              "name": "reg", "clip_target": True, "predict": {"inputs": ["reg-data/test"], "submission": True}}
+
+
+def test_kaggle_regression_run_writes_numbers_in_the_targets_units(tmp_path):
+    """--task regress from a CSV of numbers, packed and run as Kaggle runs it; the submission holds numbers."""
+    def write_data(folder: Path) -> None:
+        train = folder / "train"
+        write_png_dataset(folder / "by_class", per_class=8)
+        (train / "images").mkdir(parents=True)
+        rows = ["id,score"]
+        for i, f in enumerate(sorted((folder / "by_class").rglob("*.png"))):
+            shutil.copy(f, train / "images" / f"{i:03d}.png")
+            rows.append(f"{i:03d},{1.5 + 2.25 * ('square' in f.parent.name) + 0.5 * i / 24:.4f}")
+        (train / "targets.csv").write_text("\n".join(rows) + "\n")
+        (folder / "test").mkdir()
+        for i in range(3):
+            shutil.copy(train / "images" / f"{i:03d}.png", folder / "test" / f"t{i}.png")
+
+    proj = make_project(tmp_path / "proj")
+    k = _run_on_kaggle(build_into(proj, proj / "dist", REG_CONFIG), tmp_path, "reg-data", write_data, "imgaug")
+    run = k.working / "reg"
+    assert yaml.safe_load((run / "config.yaml").read_text())["task"] == "regress"
+    rows = list(csv.reader(open(run / "submission.csv")))
+    assert rows[0] == ["id", "score"] and len(rows) == 4
+    assert all(1.5 <= float(r[1]) <= 1.5 + 2.25 + 0.5 for r in rows[1:])  # --clip-target: the training range
+
+
 USER_TASK = """from kernel.tasks.classify import ClassifyTask
 
 

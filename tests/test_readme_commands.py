@@ -80,6 +80,8 @@ def _seg_sample_submission(folder: Path) -> None:
 DEMO = "python -m kernel.train --dry-run"
 SEG_TRAIN = "python -m kernel.train --data data/seg --model resnet34 --arch unet --img-size 256 --epochs 30 --amp"
 CLS_TRAIN = "python -m kernel.train --data data --csv train.csv --image-dir images"
+REG_TRAIN = ("python -m kernel.train --task regress --data pets --csv train.csv --image-dir train --label-col Pawpularity "
+             "--clip-target --epochs 5")
 CV_TRAIN = ("python -m kernel.train --data data/train --model resnet34 --lr 0.001 --epochs 15 --amp --folds 5 "
             "--ema 0.999 --mixup 0.2 --cutmix 1.0 --label-smoothing 0.1 --name cv")
 FOLDS = tuple(f"runs/cv/fold{i}/best.pt" for i in range(5)) + ("runs/cv/folds.csv", "runs/cv/oof.csv",
@@ -118,6 +120,10 @@ RUN: Dict[str, Cmd] = {
         Cmd(("runs/cv/predict/submission.csv",), ("runs/cv/predict-2/submission.csv",), needs=CV_TRAIN),
     "python -m kernel.predict --checkpoint runs/cv --folds 0,2 data/test --out two.csv":
         Cmd(("two.csv",), needs=CV_TRAIN),
+    REG_TRAIN: Cmd(_run_files("exp"), _run_files("exp-2")),
+    "python -m kernel.predict --checkpoint runs/exp pets/test --submission --sample-submission "
+    "pets/sample_submission.csv": Cmd(("runs/exp/predict/submission.csv",), ("runs/exp/predict-2/submission.csv",),
+                                      needs=REG_TRAIN),
     "python build.py --config run.yaml": Cmd(("dist/kernel/train.py", "dist/kernel/kernel-metadata.json",
                                               "dist/dataset/dataset-metadata.json")),
 }
@@ -220,6 +226,18 @@ def _user_files(root: Path) -> None:
     (root / "comp" / "train.csv").write_text("\n".join([rows[0] + ",patient_id"] +
                                                        [f"{r},p{i // 2}" for i, r in enumerate(rows[1:])]) + "\n")
     shutil.rmtree(comp)
+    pets = write_shapes(root / "pets-src", n=40, seed=3, size=32)  # PetFinder style: Id,Pawpularity (1-100)
+    (root / "pets").mkdir()
+    (pets / "images").rename(root / "pets" / "train")
+    rows = (pets / "train.csv").read_text().splitlines()[1:]
+    score = {"circle": 10, "square": 35, "triangle": 60, "cross": 95}
+    (root / "pets" / "train.csv").write_text("Id,Pawpularity\n" + "".join(
+        f"{r.split(',')[0]},{score[r.split(',')[1]]}\n" for r in rows))
+    (root / "pets" / "test").mkdir()
+    for name in ("00001", "00002"):
+        shutil.copy(root / "pets" / "train" / f"{name}.png", root / "pets" / "test" / f"{name}.png")
+    (root / "pets" / "sample_submission.csv").write_text("Id,Pawpularity\n00002,50\n00001,50\n")
+    shutil.rmtree(pets)
     save_file(timm.create_model("test_resnet").state_dict(), str(root / "weights.safetensors"))
     (root / "resnet-weights").mkdir()
     shutil.copy(root / "weights.safetensors", root / "resnet-weights" / "model.safetensors")

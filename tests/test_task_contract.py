@@ -40,7 +40,7 @@ def _prepared(name: str, tmp_path: Path):
 
 
 def test_every_task_is_checked_here():
-    assert set(TASK_NAMES) >= {"classify", "segment"}
+    assert set(TASK_NAMES) >= {"classify", "segment", "regress"}
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)

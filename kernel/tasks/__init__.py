@@ -2,9 +2,10 @@
 
 * ``classify`` (:mod:`.classify`): a label, or a set of labels, per image.
 * ``segment`` (:mod:`.segment`): a class (or a set of classes) per pixel.
+* ``regress`` (:mod:`.regress`): one or several numbers per image.
 
 ``--task auto`` (:func:`detect_task`) asks each task whether the data is its own (``segment``: masks), in
-registry order (``segment``: masks); ``classify`` takes
+registry order (``segment``: masks; ``regress``: numbers that are not all integers); ``classify`` takes
 what no other task claims.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..errors import ConfigError
 from ..registry import Registry, is_user_spec, load_user_object
 from .base import Task
 from .classify import ClassifyTask
+from .regress import RegressTask
 from .segment import SegmentTask
 
 __all__ = ["TASKS", "Task", "get_task", "detect_task", "monitor_names"]
@@ -22,6 +24,7 @@ __all__ = ["TASKS", "Task", "get_task", "detect_task", "monitor_names"]
 TASKS: Registry[Task] = Registry("task")
 TASKS.register("classify", ClassifyTask())
 TASKS.register("segment", SegmentTask())
+TASKS.register("regress", RegressTask())
 
 
 def detect_task(opts: Any, data: str) -> str:
