@@ -216,3 +216,20 @@ def test_every_forward_pass_opens_autocast_in_one_place():
     assert outside == [("losses/modules.py", "torch.autocast(device_type, enabled=False)")], outside
     assert [c for c in calls if c[0] == "engine/amp.py"] == [
         ("engine/amp.py", "torch.autocast(device_type=device.type, dtype=dtype)"), ("engine/amp.py", "autocast(device, amp_dtype)")]
+
+
+def test_the_architecture_docs_task_table_lists_the_task_interface():
+    """Every public method and attribute of kernel.tasks.Task is in docs/ARCHITECTURE.md's task table, and the
+    starred methods are exactly the abstract ones."""
+    import inspect
+
+    from kernel.tasks import Task
+
+    text = DOC.read_text(encoding="utf-8")
+    table = text[text.index("| method | returns |"):]
+    table = table[:table.index("\n\n")]
+    named = {m.split("(")[0] for m in re.findall(r"`(\w+)(?:\([^`]*\))?`", table)}
+    starred = {m for m in re.findall(r"`(\w+)\([^`]*\)` \*", table)}
+    public = {n for n, _ in inspect.getmembers(Task) if not n.startswith("_")}
+    assert public - named == set(), sorted(public - named)
+    assert starred == set(Task.__abstractmethods__), (sorted(starred ^ set(Task.__abstractmethods__)))
