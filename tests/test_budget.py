@@ -120,3 +120,32 @@ def test_before_an_epoch_stops_when_the_epoch_start_would_not_fit(clock):
     assert control.before_epoch() is False and control.reason == ""
     clock.now += 2.0
     assert control.before_epoch() is True and control.reason == "time_limit"
+
+
+def test_a_second_copy_of_the_signal_arriving_during_the_warning_is_not_said_again():
+    """A group SIGTERM reaches a process of a multi-process run twice (the sender's copy, the launcher's); the second
+    can arrive while the first one's warning is being logged, and then runs the handler again inside that logging
+    call. The stop is recorded before the warning, so it is said once."""
+    import logging
+    import os
+    import signal
+
+    said = []
+
+    class SecondCopy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+            if len(said) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered now: Python runs the handler within this call
+                sum(range(100))
+
+    logger, handler = logging.getLogger("kernel"), SecondCopy(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        with budget.StopSignals() as signals:
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(100))
+    finally:
+        logger.removeHandler(handler)
+    assert signals.received == signal.SIGTERM
+    assert [m for m in said if "SIGTERM received" in m] == ["SIGTERM received: finishing this step, then saving last.pt"]

@@ -95,9 +95,11 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt
-        if self._say and self.received is None:
+        first, self.received = self.received is None, signum
+        # recorded before the warning: a second copy of the signal (a group SIGTERM, passed on by the launcher
+        # too) can run this handler again in the middle of the logging call, and must find the stop recorded
+        if self._say and first:
             log.warning("%s received: finishing this step, then saving last.pt", signal.Signals(signum).name)
-        self.received = signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
