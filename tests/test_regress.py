@@ -13,7 +13,7 @@ from sklearn.metrics import mean_absolute_error, r2_score
 
 from kernel.data import write_shapes
 from kernel.predict import main as predict_main
-from kernel.tasks.regress import RegressMeter, regression_scores
+from kernel.tasks.regress import RegressMeter, clip_to_training_range, regression_scores
 from kernel.train import main
 
 from conftest import small_args
@@ -111,6 +111,15 @@ def test_several_targets_predicted_clipped_and_submitted_in_the_samples_columns(
     by_path = {Path(r["path"]).stem: r for r in preds}
     assert float(sub[1][1]) == pytest.approx(float(by_path["00007"]["pred_other"]))
     assert float(sub[2][2]) == pytest.approx(float(by_path["00003"]["pred_score"]))
+
+
+def test_clip_target_clips_to_each_targets_training_range_only_when_asked():
+    """The end-to-end run above cannot show clipping (a short run predicts inside the range anyway): here values
+    outside the range, per target, with and without --clip-target's flag in the checkpoint's meta."""
+    meta = {"min": [0.5, 6.625], "max": [6.75, 9.75]}
+    preds = np.array([[-1.0, 7.0], [3.0, 12.0], [9.0, 6.0]])
+    assert clip_to_training_range(preds, {**meta, "clip": True}).tolist() == [[0.5, 7.0], [3.0, 9.75], [6.75, 6.625]]
+    assert clip_to_training_range(preds, {**meta, "clip": False}).tolist() == preds.tolist()
 
 
 def test_auto_keeps_integer_labels_as_classes_and_says_how_to_switch(tmp_path, capsys):

@@ -30,7 +30,7 @@ from .data import build_regress_data, is_numeric_column, raw_targets
 from .metrics import RegressMeter, regression_scores
 from .outputs import cv_rmse, oof_rows, plot_residuals, plot_scatter, write_predictions, write_submission
 
-__all__ = ["RegressTask", "RegressMeter", "regression_scores"]
+__all__ = ["RegressTask", "RegressMeter", "regression_scores", "clip_to_training_range"]
 
 log = logging.getLogger("kernel")
 LOSS_NAMES = ("mse", "l1", "smooth_l1", "huber")
@@ -171,7 +171,7 @@ class RegressTask(Task):
             _, outputs = forward(self.step, model, batch, None, device, amp_dtype)
             meter.update(outputs.float(), batch[1])
         out = meter.compute()
-        preds, trues = _clipped(out["preds"].double().numpy(), split.meta), raw_targets(split.val)
+        preds, trues = clip_to_training_range(out["preds"].double().numpy(), split.meta), raw_targets(split.val)
         keep = [n for n in range(len(ids)) if n not in leave_out]
         return oof_rows([ids[n] for n in keep], preds[keep], trues[keep], split.classes, fold)
 
@@ -179,7 +179,7 @@ class RegressTask(Task):
         return cv_rmse(header, rows, split.classes)
 
 
-def _clipped(preds: np.ndarray, meta: Dict[str, Any]) -> np.ndarray:
+def clip_to_training_range(preds: np.ndarray, meta: Dict[str, Any]) -> np.ndarray:
     """``preds`` (N, T) clipped to the training targets' range when the run asked (--clip-target)."""
     return np.clip(preds, meta["min"], meta["max"]) if meta.get("clip") else preds
 
@@ -199,4 +199,4 @@ def predict_values(trained: Any, paths: Sequence[str], *, device: torch.device, 
                               bad=bad)
     out = [y.double().cpu().numpy() * np.asarray(meta["std"]) + np.asarray(meta["mean"]) for _, y in batches]
     preds = np.concatenate(out) if out else np.zeros((0, len(trained.classes)))
-    return _clipped(preds, meta)
+    return clip_to_training_range(preds, meta)
