@@ -18,7 +18,9 @@ client plus a few of our own (placeholder owner, local absolute paths, secrets).
 one line naming the field, the problem and the fix; the exit status is then 2. Identical inputs
 give byte-identical output. ``--wait`` then follows the pushed kernel to its end and downloads its
 outputs to ``outputs/<kernel-slug>/v<N>/`` (exit 1 when it failed); ``--until-done N`` pushes it again
-while a version stops on its time limit. The work is done by :mod:`kernel.packer`; this file only wires it.
+while a version stops on its time limit. ``--publish-model RUN --model-slug NAME`` instead uploads a
+trained run as a Kaggle Model (:mod:`kernel.packer.kaggle_models`) and prints its ``model_sources`` entry.
+The work is done by :mod:`kernel.packer`; this file only wires it.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import Callable, Optional, Sequence
 
 from kernel.cli import OneLineParser
 from kernel.packer import BuildError, follow, follow_hint, kaggle_runner, next_steps, plan, push, write
+from kernel.packer.kaggle_models import DEFAULT_MODEL_LICENSE, MODEL_LICENSES, publish_model
 from kernel.errors import ConfigError
 
 __all__ = ["PROJECT", "main"]
@@ -49,7 +52,8 @@ def _parser() -> OneLineParser:
                    "the templates)")
     p.add_argument("--push", action="store_true", help="then upload the dataset and push the kernel with the "
                    "kaggle CLI")
-    p.add_argument("-m", "--message", help="dataset version message for --push")
+    p.add_argument("-m", "--message", help="dataset version message for --push; with --publish-model: the version "
+                   "notes")
     p.add_argument("--wait", action="store_true", help="then follow the pushed kernel until it ends, download its "
                    "outputs to outputs/<kernel-slug>/v<N>/ and print the run summary; exit 1 if it failed or was "
                    "cancelled (implies --push)")
@@ -57,6 +61,10 @@ def _parser() -> OneLineParser:
                    "(summary.json \"stopped\": \"time_limit\"), push the same kernel again, up to N versions in all "
                    "(implies --push --wait)")
     p.add_argument("--no-vendor", action="store_true", help="do not vendor packages into the dataset")
+    p.add_argument("--inference", action="store_true", help="pack a predict-only inference kernel for a code "
+                   "competition into OUT/inference/infer.py from an inference config (checkpoint:, predict:, "
+                   "kaggle: competition_sources and the trained run's source); its id gets -infer")
+    _add_publish_flags(p)
     return p
 
 
@@ -64,6 +72,34 @@ def _at_least_one(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of versions of at least 1")
     return int(text)
+
+
+def _add_publish_flags(p: OneLineParser) -> None:
+    p.add_argument("--publish-model", type=Path, metavar="RUN", help="instead of building: upload a trained run "
+                   "folder (its best.pt, or a k-fold run's fold folders, with config.yaml, classes.json, summary.json) "
+                   "as a Kaggle Model with the kaggle CLI (the model, the variation or a new version of it) and print "
+                   "the inference kernel's model_sources entry; needs --model-slug")
+    p.add_argument("--model-slug", metavar="NAME", help="the Kaggle Model's slug (lowercase letters, digits, '-')")
+    p.add_argument("--variation", default="default", help="the model variation's slug (default: default)")
+    p.add_argument("--license", default=DEFAULT_MODEL_LICENSE, help="the variation's licence, one of Kaggle's: "
+                   + "; ".join(MODEL_LICENSES) + f" (default: {DEFAULT_MODEL_LICENSE})")
+    p.add_argument("--public", action="store_true", help="with --publish-model: a new model is public (default: "
+                   "private)")
+
+
+def _publish(args: argparse.Namespace, project: Path) -> int:
+    """``--publish-model RUN --model-slug NAME``: nothing is built; the flags of a build are refused."""
+    if args.publish_model is None or not args.model_slug:
+        raise ConfigError("--publish-model RUN and --model-slug NAME go together (e.g. --publish-model "
+                          "outputs/kernel-train/v3/exp --model-slug my-model)")
+    build_flags = [flag for flag, on in (("--config", args.config), ("--demo", args.demo), ("--push", args.push),
+                                         ("--wait", args.wait), ("--until-done", args.until_done),
+                                         ("--inference", getattr(args, "inference", False))) if on]
+    if build_flags:
+        raise ConfigError(f"--publish-model uploads a trained run and builds no kernel; drop {', '.join(build_flags)}")
+    return publish_model(args.publish_model, args.model_slug, project=project, out=args.out, owner=args.owner,
+                         variation=args.variation, license_name=args.license, public=args.public,
+                         message=args.message)
 
 
 def _check_config_or_demo(config: Optional[Path], demo: bool) -> None:
@@ -92,10 +128,16 @@ def main(argv: Optional[Sequence[str]] = None, project: Path = PROJECT, sleep: C
     start = time.perf_counter()
     try:
         args = _parser().parse_args(argv)
+        if args.publish_model is not None or args.model_slug:
+            return _publish(args, project)
         args.wait = args.wait or args.until_done is not None
         args.push = args.push or args.wait
         _check_config_or_demo(args.config, args.demo)
-        bundle = plan(args.config, project=project, owner=args.owner, vendor=not args.no_vendor)
+        if args.inference and args.config is None:
+            raise ConfigError("--inference needs --config infer.yaml (checkpoint: the trained run; kaggle: "
+                              "competition_sources and the run's kernel or model source); see the README's Submitting")
+        bundle = plan(args.config, project=project, owner=args.owner, vendor=not args.no_vendor,
+                      inference=args.inference)
         write(bundle, args.out, project)
     except BuildError as e:
         return _errors(e.problems)
@@ -106,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None, project: Path = PROJECT, sleep: C
     vendored = f" (with vendor/{', vendor/'.join(sorted(bundle.vendored))})" if bundle.vendored else ""
     print(f"Built kernel {bundle.version} in {time.perf_counter() - start:.2f} s (sources sha256 "
           f"{bundle.sha256[:12]}):\n"
-          f"  {args.out / 'kernel' / 'train.py'}  {bundle.script_bytes / 1024:.0f} KB, {bundle.module_count} "
+          f"  {args.out / bundle.folder / bundle.script}  {bundle.script_bytes / 1024:.0f} KB, {bundle.module_count} "
           f"embedded modules; kernel {bundle.kernel_id}\n"
           f"  {args.out / 'dataset'}  code dataset {bundle.dataset_id}{vendored}")
     if not args.push:
@@ -117,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None, project: Path = PROJECT, sleep: C
         if not args.wait:
             print(follow_hint(bundle))
             return 0
-        return follow(kaggle_runner(), bundle.kernel_id, args.out / "kernel", version,
+        return follow(kaggle_runner(), bundle.kernel_id, args.out / bundle.folder, version,
                       max_versions=args.until_done or 1, sleep=sleep, clock=clock)
     except BuildError as e:
         return _errors(e.problems)

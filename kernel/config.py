@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .cli import parser_from_dataclass
 from .errors import ConfigError
-from .options import ONE_SHOT_FLAGS, FromRegistry, Options, PredictOptions
+from .options import ONE_SHOT_FLAGS, FromRegistry, InferOptions, Options, PredictOptions
 from .registry import did_you_mean, is_user_spec
 
 __all__ = ["field_choices", "build_parser", "parse_options", "parse_img_size", "parse_count", "load_config_file", "check_values", "save_config", "options_to_dict",
@@ -267,11 +267,12 @@ def parse_options(argv: Optional[Sequence[str]] = None, baked: Optional[Dict[str
     return opts
 
 
-def check_predict_spec(spec: Any) -> Dict[str, Any]:
+def check_predict_spec(spec: Any, need_inputs: bool = True) -> Dict[str, Any]:
     """Check a config's ``predict:`` section -> only the keys it gives (ConfigError on anything wrong).
 
     A string or a list is shorthand for ``{inputs: ...}``. Keys it leaves out take the training run's
-    values (batch_size, device, amp, workers) or :class:`PredictOptions`' defaults.
+    values (batch_size, device, amp, workers) or :class:`PredictOptions`' defaults. ``need_inputs`` False: the
+    inference kernel's section, whose inputs default to the competition's test folder.
     """
     if isinstance(spec, (str, list)):
         spec = {"inputs": spec}
@@ -297,16 +298,36 @@ def check_predict_spec(spec: Any) -> Dict[str, Any]:
             if known and value not in known:
                 raise ConfigError(f"predict: {name!r} must be one of {', '.join(known)}, got {value!r}")
         out[name] = value
-    if "inputs" not in out:
+    if "inputs" not in out and need_inputs:
         raise ConfigError("predict: 'inputs' is missing; give the images to predict, e.g. inputs: [my-comp/test]")
     check_predict_ranges(out)
+    return out
+
+
+def check_infer_config(config: Dict[str, Any], where: str = "inference config") -> Dict[str, Any]:
+    """The inference kernel's config -> its keys (:class:`InferOptions`' fields, underscores), checked: unknown keys
+    get the closest match, ``predict:`` is checked as a predict section whose inputs may be left out."""
+    fields = {f.name: f for f in dataclasses.fields(InferOptions)}
+    out: Dict[str, Any] = {}
+    for key, value in config.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(name, list(fields))} (keys: "
+                              f"{', '.join(fields)}, and kaggle: for build.py)")
+        if name == "predict":
+            out[name] = check_predict_spec(value if value is not None else {}, need_inputs=False)
+            if "checkpoint" in out[name] or "folds" in out[name]:
+                raise ConfigError(f"{where}: predict: the run is the top-level checkpoint: key (folds are chosen "
+                                  "by the time budget)")
+        else:
+            out[name] = _check_type(fields[name], value, f"{where}: {name!r}")
     return out
 
 
 def check_predict_ranges(values: Dict[str, Any]) -> None:
     """topk, batch_size >= 1 and workers >= 0, for the CLI and the config section alike."""
     for name, low in (("topk", 1), ("batch_size", 1), ("workers", 0)):
-        if name in values and values[name] < low:
+        if values.get(name) is not None and values[name] < low:
             raise ConfigError(f"predict: --{name.replace('_', '-')} must be >= {low}, got {values[name]}")
 
 

@@ -1,7 +1,7 @@
 """Every option in one dataclass per command: each default is written once, here.
 
 :class:`Options` holds ``kernel.train``'s options, :class:`PredictOptions` ``kernel.predict``'s (and the
-keys of a config file's ``predict:`` section). Field metadata (help, group, choices, flags) is what
+keys of a config file's ``predict:`` section), :class:`InferOptions` the inference kernel's (``kernel.infer``). Field metadata (help, group, choices, flags) is what
 :mod:`kernel.config` turns into argparse parsers and config-file checks. This module is data only: it imports
 nothing of the bundle, and choices that come from a registry are named (:class:`FromRegistry`), listed by
 :mod:`kernel.config`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
 
-__all__ = ["Options", "PredictOptions", "FromRegistry", "DEVICES", "ONE_SHOT_FLAGS"]
+__all__ = ["Options", "PredictOptions", "InferOptions", "FromRegistry", "DEVICES", "ONE_SHOT_FLAGS"]
 
 DEVICES = ("auto", "cpu", "cuda")
 ONE_SHOT_FLAGS = ("list_models", "summary", "preview_lr", "show_aug", "check_data", "find_lr")  # options that do one thing and exit
@@ -100,6 +100,10 @@ class Options:
                                     "(a small data set survives a few bad files)", "data", metavar="N")
     aug: Any = _opt("default", "augmentation preset (a YAML list gives a custom pipeline)", "data",
                     choices=FromRegistry("aug_presets"))
+    fast_decode: str = _opt("auto", "decode a JPEG at 1/2, 1/4 or 1/8 scale when it is at least twice the size the "
+                                    "first resize needs (PIL draft; faster, pixels change slightly); auto: on unless "
+                                    "the task's masks must align (segmentation); saved with the run, used by "
+                                    "prediction", "data", choices=("auto", "on", "off"))
     aug_backend: str = _opt("auto", "augmentation library (auto prefers imgaug when installed)", "data",
                             choices=FromRegistry("aug_backends"))
     # model
@@ -180,10 +184,12 @@ class PredictOptions:
     out: str = _opt("", "output: the predictions CSV or the masks folder (segment); a file there is replaced. Unset: "
                         "RUN/predict/predictions.csv or RUN/predict/masks, beside the checkpoint, in the next free "
                         "RUN/predict-2, -3... when taken")
-    topk: int = _opt(5, "labels per image in the predictions CSV")
+    topk: Optional[int] = _opt(None, "labels per image in the predictions CSV (default 5) and in a --submit-as topk "
+                                     "submission (default: as many as the sample's placeholders hold)")
     tta: bool = _opt(False, "average with the horizontally flipped image (segmentation: flipped logits flipped back)")
-    threshold: Optional[float] = _opt(None, "segmentation (binary, multilabel): pixel probability threshold "
-                                            "(default: the training run's)")
+    threshold: Optional[float] = _opt(None, "multi-label classification and segmentation (binary, multilabel): "
+                                            "probability above which a label or pixel is on (default: the training "
+                                            "run's)")
     min_area: int = _opt(0, "segmentation: drop predicted regions smaller than this many pixels per class")
     batch_size: int = _opt(64, "images per batch")
     device: str = _opt("auto", "compute device", choices=DEVICES)
@@ -197,3 +203,26 @@ class PredictOptions:
     target_col: str = _opt("", "submission target column (default: the training --label-col, or 'label'; "
                                "segmentation: rle_mask, or EncodedPixels with classes)")
     sample_submission: str = _opt("", "CSV whose header and id order the submission copies (implies a submission)")
+    submit_as: str = _opt("auto", "classification submission values: label, prob (binary: P(positive class); a "
+                                  "column per class: each class's), topk (the K best labels); auto: from the sample "
+                                  "submission and the model, logged", choices=("auto", "label", "prob", "topk"))
+    positive_class: str = _opt("", "binary --submit-as prob: the class whose probability is written (default: the "
+                                   "second in sorted order, e.g. 1, dog, malignant)")
+
+
+@dataclass
+class InferOptions:
+    """The inference kernel's config (``build.py --config infer.yaml --inference``; ``kernel.infer``): the
+    trained run, the competition and the prediction. Kaggle runs it with no arguments on the public test set,
+    then again on the hidden one: every path is searched at run time."""
+
+    checkpoint: str = _opt("", "the trained run, searched under /kaggle/input in both layouts: e.g. kernel-train/exp "
+                               "(a training kernel's output) or my-model/pytorch/default/1 (a Kaggle Model); a k-fold "
+                               "run gives the folds' ensemble", show_default=False)
+    competition: str = _opt("", "the competition's slug, whose mount holds the test images and sample submission "
+                                "(default: the kaggle: section's first competition_sources)")
+    time_limit: str = _opt("auto", "inference budget: ensemble members and TTA that would not fit are dropped, decided "
+                                   "once from the first batches (auto: 8h30m on Kaggle, a code competition's usual 9 h "
+                                   "less a margin; none elsewhere)")
+    predict: Any = _opt(None, "predict: keys (inputs, sample_submission, tta, submit_as...); inputs default to the "
+                              "competition's test folder, sample_submission to its sample_submission.csv", cli=False)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, List, Optional
 from .errors import ConfigError
 
 __all__ = [
-    "KAGGLE_INPUT", "KAGGLE_WORKING", "detect_platform", "input_root", "working_root", "mounted_roots",
+    "KAGGLE_INPUT", "KAGGLE_WORKING", "detect_platform", "input_root", "working_root", "scratch_root", "mounted_roots",
     "find_in_inputs", "resolve_path", "default_output_dir", "atomic_write", "DiskFullError", "remove_leftovers",
     "load_tensors",
 ]
@@ -56,6 +56,14 @@ def working_root() -> Path:
     return Path(os.environ.get("KERNEL_KAGGLE_WORKING", KAGGLE_WORKING))
 
 
+def scratch_root() -> Path:
+    """Scratch space that is not kept: ``/kaggle/temp`` on Kaggle (``KERNEL_KAGGLE_TEMP`` moves it), else the
+    system's temporary folder. Large intermediate files go here, never into the kept output."""
+    if os.environ.get("KERNEL_KAGGLE_TEMP"):
+        return Path(os.environ["KERNEL_KAGGLE_TEMP"])
+    return Path("/kaggle/temp") if detect_platform() == "kaggle" else Path(tempfile.gettempdir())
+
+
 def mounted_roots(root: Optional[Path] = None) -> List[Path]:
     """Every mount's top folder under the input root, in both layouts, sorted."""
     root = input_root() if root is None else root
@@ -85,7 +93,7 @@ def _candidates(rel: Path, mounts: List[Path], root: Path) -> Iterator[Path]:
         parts = mount.relative_to(root).parts
         for k in range(len(parts)):
             tail = parts[k:]
-            if rel.parts[:len(tail)] == tail and len(rel.parts) > len(tail):
+            if rel.parts[:len(tail)] == tail:  # the whole mount too: a model's "<model>/pytorch/default/1"
                 yield mount / Path(*rel.parts[len(tail):])
 
 

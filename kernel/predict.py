@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .cli import one_line, parser_from_dataclass
-from .data import DataSplit, collect_inputs
+from .data import DataSplit, collect_inputs, transform_draft
 from .engine import load_trained, resolve_device
 from .models import FoldEnsemble
 from .config import check_predict_ranges, check_predict_spec, field_choices
@@ -49,7 +49,7 @@ from .registry import did_you_mean, is_user_spec
 from .report import close_logging, setup_logging
 from .tasks import Task, get_task
 
-__all__ = ["Trained", "load_for_prediction", "predict", "predict_after_training", "resolve_predict_section",
+__all__ = ["Trained", "trained_folds", "load_for_prediction", "predict", "predict_after_training", "resolve_predict_section",
            "build_parser", "main"]
 
 log = logging.getLogger("kernel")
@@ -68,6 +68,7 @@ class Trained:
     options: Dict[str, Any]
     transform: Callable
     in_chans: int
+    draft: Any = None  # --fast-decode of the training run: what a JPEG decoded at reduced scale keeps (None: off)
 
 
 def _in_folder(path: Path) -> Optional[Path]:
@@ -81,6 +82,12 @@ def _fold_folders(path: Path) -> Dict[int, Path]:
         if child.is_dir() and child.name[4:].isdigit() and _in_folder(child) is not None:
             found[int(child.name[4:])] = child
     return dict(sorted(found.items()))
+
+
+def trained_folds(checkpoint: str) -> List[int]:
+    """The fold numbers of a k-fold run folder that have a trained model, in order; [] for any other checkpoint."""
+    path = Path(resolve_path(checkpoint, "checkpoint"))
+    return list(_fold_folders(path)) if path.is_dir() and _in_folder(path) is None else []
 
 
 def _checkpoint_files(checkpoint: str, folds: str = "") -> List[Path]:
@@ -145,8 +152,10 @@ def load_for_prediction(checkpoint: str, device: torch.device, folds: str = "") 
     log.info("checkpoint %s: %s %s, %d classes, input %s px", paths[0] if len(paths) == 1 else
              f"ensemble of {len(paths)} folds ({', '.join(p.parent.name for p in paths)})", task.name, opts.model,
              len(split.classes), dcfg["img_size"])
-    return Trained(model.to(device).eval(), task, split.classes, split.meta, dataclasses.asdict(opts),
-                   task.transform(opts, dcfg, train=False), opts.in_chans)
+    transform = task.transform(opts, dcfg, train=False)
+    # a run of an older bundle saved no fast_decode: "auto" here, which decodes exactly as it did
+    return Trained(model.to(device).eval(), task, split.classes, split.meta, dataclasses.asdict(opts), transform,
+                   opts.in_chans, transform_draft(transform, opts.fast_decode))
 
 
 def _submission_path(popts: PredictOptions, folder: Path, task: Task) -> Optional[str]:

@@ -20,7 +20,11 @@ The server's state is a JSON file shared by the successive calls:
   ``failure`` (the failure message sent with ERROR), ``files`` (output name -> text) and ``log``
   (the session log text, as the server sends it);
 - ``pushes``: every pushed ``{"slug", "version", "text"}``; ``requests``: every ``METHOD url``;
-- ``first_version``: the ``versionNumber`` answered to the first push (None: no version number).
+- ``first_version``: the ``versionNumber`` answered to the first push (None: no version number);
+- ``models`` (Kaggle Models, see :func:`new_model_state`): ``{"owner/model": {"<framework>/<variation>":
+  latest version}}``, grown by ``CreateModel``/``CreateModelInstance``/``CreateModelInstanceVersion``;
+  ``model_calls``: each of those calls as ``{"call", "body"}`` (the JSON the client sent); ``uploads``:
+  each uploaded blob as ``{"name", "entries"}`` (a zip's member names) or ``{"name", "size"}``.
 
 Output files are listed with download URLs under ``https://storage.invalid/``; the client fetches
 them with ``requests.get(url, stream=True)``, which also ends in ``Session.send``, so the downloads
@@ -42,8 +46,11 @@ from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["FakeServer", "install", "new_state", "read_state", "kaggle_log", "CliServer", "fake_kaggle_env",
-           "make_project", "FakeClock"]
+__all__ = ["FakeServer", "install", "new_state", "new_model_state", "read_state", "kaggle_log", "CliServer",
+           "fake_kaggle_env", "make_project", "FakeClock"]
+
+# The Kaggle Models calls the fake answers (kagglesdk ModelApiService method names).
+MODEL_CALLS = ("GetModel", "GetModelInstance", "CreateModel", "CreateModelInstance", "CreateModelInstanceVersion")
 
 # -S: the wrapper needs only the standard library, and skipping site keeps each call at ~20 ms.
 WRAPPER = '''#!{python} -S
@@ -62,6 +69,12 @@ def new_state(kernel_id: str, versions: List[Dict], first_version: Optional[int]
     """A server state; ``pushed`` versions count as already pushed (their statuses are next)."""
     return {"kernels": {kernel_id: versions}, "first_version": first_version, "dataset_exists": dataset_exists,
             "pushes": [{"slug": kernel_id, "version": None, "text": ""}] * pushed, "requests": []}
+
+
+def new_model_state(models: Optional[Dict[str, Dict[str, int]]] = None) -> Dict:
+    """A server state for Kaggle Models: ``models`` maps "owner/model" to its existing variations,
+    ``{"<framework>/<variation>": latest version}``, the framework as Kaggle's URLs spell it (``pyTorch``)."""
+    return {**new_state("nobody/no-kernel", []), "models": models or {}, "model_calls": [], "uploads": []}
 
 
 def read_state(path: Path) -> Dict:
@@ -98,7 +111,11 @@ class FakeServer:
             spec = self._versions(state, slug)[int(version) - 1]
             return 200, spec["files"][rel].encode()
         if url.startswith("https://upload.invalid/"):
+            if "uploads" in state:
+                state["uploads"].append(_upload_record(url.rsplit("/", 1)[-1], body))
             return 200, {}
+        if name in MODEL_CALLS:
+            return self._model(state, name, json.loads(body or b"{}"))
         if name == "GetDatasetStatus":
             return (200, {"status": "ready"}) if state["dataset_exists"] else (404, {"message": "not found"})
         if name == "StartBlobUpload":
@@ -128,6 +145,39 @@ class FakeServer:
         return 404, {"code": 404, "message": f"the fake has no {name}"}
 
     @staticmethod
+    def _model(state: Dict, name: str, req: Dict):
+        """The Models endpoints over ``state["models"]``: 404 for what does not exist, as Kaggle answers."""
+        models = state.setdefault("models", {})
+        ref = f"{req.get('ownerSlug')}/{req.get('modelSlug', req.get('slug'))}"
+        url = f"https://www.kaggle.com/models/{ref}"
+        if name != "GetModel" and name != "GetModelInstance":
+            state.setdefault("model_calls", []).append({"call": name, "body": req})
+        if name == "CreateModel":
+            if ref in models:
+                return 409, {"code": 409, "message": f"model {ref} already exists"}
+            models[ref] = {}
+            return 200, {"id": len(models), "ref": ref, "url": url}
+        if ref not in models:
+            return 404, {"code": 404, "message": f"model {ref} not found"}
+        if name == "GetModel":
+            return 200, {"id": 1, "ref": ref, "title": req.get("modelSlug"), "url": url}
+        inner = req.get("body", {}) if name == "CreateModelInstance" else req
+        key = f"{_framework(inner.get('framework', ''))}/{inner.get('instanceSlug')}"
+        variations = models[ref]
+        if name == "CreateModelInstance":
+            if key in variations:
+                return 409, {"code": 409, "message": f"variation {key} of {ref} already exists"}
+            variations[key] = 1
+            return 200, {"id": 100 + len(variations), "ref": f"{ref}/{key}", "url": f"{url}/{key}"}
+        if key not in variations:
+            return 404, {"code": 404, "message": f"variation {key} of {ref} not found"}
+        if name == "GetModelInstance":
+            return 200, {"id": 7, "slug": inner.get("instanceSlug"), "versionNumber": variations[key],
+                         "url": f"{url}/{key}"}
+        variations[key] += 1  # CreateModelInstanceVersion
+        return 200, {"id": 1000 + variations[key], "ref": f"{ref}/{key}", "url": f"{url}/{key}/{variations[key]}"}
+
+    @staticmethod
     def _versions(state: Dict, slug: str) -> List[Dict]:
         return next(v for k, v in state["kernels"].items() if k.split("/")[1] == slug)
 
@@ -139,6 +189,22 @@ class FakeServer:
         state["pushes"].append({"slug": sent["slug"], "version": version, "text": sent["text"]})
         reply = {"ref": f"/code/{sent['slug']}", "url": f"https://www.kaggle.com/code/{sent['slug']}"}
         return {**reply, "versionNumber": version} if version is not None else reply
+
+
+def _framework(wire: str) -> str:
+    """The framework as Kaggle's URLs spell it: ``MODEL_FRAMEWORK_PY_TORCH`` (the enum on the wire) -> ``pyTorch``."""
+    first, *rest = wire.removeprefix("MODEL_FRAMEWORK_").lower().split("_")
+    return first + "".join(w.capitalize() for w in rest)
+
+
+def _upload_record(name: str, body: bytes) -> Dict:
+    """What an uploaded blob held: a zip's member names (sorted), or the size of any other file."""
+    import io
+    import zipfile
+
+    if body[:4] == b"PK\x03\x04":
+        return {"name": name, "entries": sorted(zipfile.ZipFile(io.BytesIO(body)).namelist())}
+    return {"name": name, "size": len(body)}
 
 
 def _response(request, status: int, payload):

@@ -126,6 +126,12 @@ RUN: Dict[str, Cmd] = {
                                       needs=REG_TRAIN),
     "python build.py --config run.yaml": Cmd(("dist/kernel/train.py", "dist/kernel/kernel-metadata.json",
                                               "dist/dataset/dataset-metadata.json")),
+    "python -m kernel.predict --checkpoint runs/exp data/test --submission --sample-submission "
+    "data/sample_submission.csv --submit-as topk --topk 2":
+        Cmd(("runs/exp/predict/submission.csv",), ("runs/exp/predict-2/submission.csv",), needs=CLS_TRAIN),
+    "python build.py --config infer.yaml --inference": Cmd(("dist/inference/infer.py",
+                                                            "dist/inference/kernel-metadata.json",
+                                                            "dist/dataset/dataset-metadata.json")),
 }
 # A command that only sets up another one (not in the README).
 SETUP = {"python -m kernel.train --epochs 1"}
@@ -143,6 +149,10 @@ SKIP: Dict[str, str] = {
         "talks to Kaggle; tests/test_push_wait.py runs --push with the real client, HTTP scripted",
     "python build.py --config run.yaml --until-done 3":
         "talks to Kaggle; tests/test_push_wait.py runs --until-done with the real client, HTTP scripted",
+    "python build.py --publish-model outputs/kernel-train/v3/exp --model-slug my-model":
+        "talks to Kaggle; tests/test_publish_model.py runs it with the real client, HTTP scripted",
+    'python build.py --publish-model outputs/kernel-train/v4/exp --model-slug my-model -m "focal loss, 12 epochs"':
+        "talks to Kaggle; tests/test_publish_model.py runs it with the real client, HTTP scripted",
     "torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint host0:29500 -m kernel.train "
     "--config run.yaml": "two machines; tests/test_distributed.py runs torchrun on one",
     "!pip install -q imgaug": "Colab; installs a package",
@@ -246,6 +256,8 @@ def _user_files(root: Path) -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     run_yaml = re.search(r"```yaml\n# run.yaml\n(.*?)```", text, re.S).group(1)
     (root / "run.yaml").write_text(_substitute(run_yaml))
+    infer_yaml = re.search(r"```yaml\n# infer.yaml\n(.*?)```", text, re.S).group(1)
+    (root / "infer.yaml").write_text(infer_yaml)
 
 
 @pytest.fixture(scope="module")

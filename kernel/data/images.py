@@ -6,16 +6,36 @@ everywhere. :func:`fit_channel_stats` is the one rule that fits mean/std to the 
 """
 from __future__ import annotations
 
+import math
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_DATA_CONFIG", "is_image_file", "load_image", "fit_channel_stats"]
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_DATA_CONFIG", "Draft", "is_image_file", "load_image", "draft_request", "decoding",
+           "fit_channel_stats"]
+
+# What a reduced-scale JPEG decode must keep: the shorter side (int) or the exact (H, W) of the first resize.
+Draft = Union[int, Tuple[int, int], None]
+# The draft of the sample being read: set around a source's read by the dataset (the sources call load_image
+# without knowing the transform); a context variable, so each thread and worker process sees its own.
+_DRAFT: ContextVar[Draft] = ContextVar("kernel_draft", default=None)
+
+
+@contextmanager
+def decoding(draft: Draft) -> Iterator[None]:
+    """Images read by :func:`load_image` inside this block use ``draft`` unless they pass their own."""
+    token = _DRAFT.set(draft)
+    try:
+        yield
+    finally:
+        _DRAFT.reset(token)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # Preprocessing for models without a pretrained config (torchvision's, smp's): ImageNet statistics,
@@ -45,13 +65,31 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return (arr.astype(np.float64) * (255.0 / hi)).round().clip(0, 255).astype(np.uint8)
 
 
-def load_image(path: str | os.PathLike, in_chans: int = 3) -> np.ndarray:
+def draft_request(size: Tuple[int, int], draft: Draft) -> Optional[Tuple[int, int]]:
+    """The (W, H) a JPEG of ``size`` (W, H) must at least decode to for ``draft``: its shorter side scaled to the
+    int, or exactly the (H, W) given; None without a draft."""
+    if draft is None:
+        return None
+    if isinstance(draft, int):
+        k = draft / min(size)
+        return max(1, math.ceil(size[0] * k)), max(1, math.ceil(size[1] * k))
+    return int(draft[1]), int(draft[0])
+
+
+def load_image(path: str | os.PathLike, in_chans: int = 3, draft: Draft = None) -> np.ndarray:
     """Read any PIL-readable image as (H, W, in_chans) uint8.
 
     Handles 1, L, LA, P (with transparency), RGB, RGBA, CMYK, I;16, I and F modes:
     ``in_chans`` 1 -> grayscale, 3 -> RGB, 4 -> RGBA; other counts repeat the RGB channels.
+    ``draft`` (``--fast-decode``): a JPEG at least twice the size the first resize needs (see
+    :func:`draft_request`) is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself (PIL's ``draft``), never below
+    that size; other files, and JPEGs too small to halve, read exactly as without it.
     """
+    draft = _DRAFT.get() if draft is None else draft
     with Image.open(path) as img:
+        need = draft_request(img.size, draft) if img.format == "JPEG" else None
+        if need is not None:
+            img.draft(img.mode, need)  # keeps the mode: only the scale changes
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             gray = _to_uint8(np.asarray(img))

@@ -23,10 +23,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .guard import ReadGuard, read_error
-from .images import load_image
+from .images import Draft, decoding, load_image
 from .sampler import sample_seed
 
-__all__ = ["TransformedDataset", "ImageList", "build_loader"]
+__all__ = ["TransformedDataset", "ImageList", "build_loader", "transform_draft"]
+
+
+def transform_draft(transform: Any, fast_decode: str) -> Draft:
+    """The draft for ``--fast-decode`` (resolved: on/off) with ``transform``: the size of its first resize (the
+    shorter side, or the exact (H, W)); None when off or when the transform has no such resize."""
+    return getattr(transform, "resize_to", None) if fast_decode == "on" else None
 
 
 class TransformedDataset(Dataset):
@@ -36,13 +42,14 @@ class TransformedDataset(Dataset):
     ``(image, mask_target(mask))``, the augmented mask turned into the loss's target; ``with_mask``
     gives ``(image, target, mask)`` (previews). Samples are read through ``guard`` (a
     :class:`~kernel.data.guard.ReadGuard`) when given, so an unreadable file is replaced instead of
-    ending the run.
+    ending the run. ``draft`` (``--fast-decode``, see :func:`~kernel.data.images.load_image`): what a JPEG
+    decoded at reduced scale must keep, the size of the transform's first resize.
     """
 
     def __init__(self, source: Any, transform: Callable, with_mask: bool = False, guard: Optional[ReadGuard] = None,
-                 mask_target: Optional[Callable] = None, seed: Optional[int] = None):
+                 mask_target: Optional[Callable] = None, seed: Optional[int] = None, draft: Draft = None):
         self.source, self.transform, self.with_mask, self.guard = source, transform, with_mask, guard
-        self.mask_target, self.seed = mask_target, seed
+        self.mask_target, self.seed, self.draft = mask_target, seed, draft
 
     def __len__(self) -> int:
         return len(self.source)
@@ -56,7 +63,8 @@ class TransformedDataset(Dataset):
         or resumed run.
         """
         epoch, i = key if isinstance(key, tuple) else (0, key)
-        image, target, mask = self.guard.read(self.source, i) if self.guard is not None else self.source[i]
+        with decoding(self.draft):
+            image, target, mask = self.guard.read(self.source, i) if self.guard is not None else self.source[i]
         use_mask = self.with_mask or self.mask_target is not None
         if self.seed is None:
             image, mask = self.transform(image, mask if use_mask else None)
@@ -83,15 +91,15 @@ class ImageList(Dataset):
     fallback prediction and names it.
     """
 
-    def __init__(self, paths: Sequence[str], transform: Callable, in_chans: int):
-        self.paths, self.transform, self.in_chans = list(paths), transform, in_chans
+    def __init__(self, paths: Sequence[str], transform: Callable, in_chans: int, draft: Draft = None):
+        self.paths, self.transform, self.in_chans, self.draft = list(paths), transform, in_chans, draft
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int, str]:
         try:
-            image = load_image(self.paths[i], self.in_chans)
+            image = load_image(self.paths[i], self.in_chans, self.draft)
         except Exception as e:  # any read failure, as in training (see guard.ReadGuard)
             # a blank image through the same transform: a tensor of the batch's shape, whose output is discarded
             blank = np.zeros((8, 8, self.in_chans), dtype=np.uint8)

@@ -130,26 +130,30 @@ def _excepthook(etype, value, tb):
     traceback.print_exception(etype, value, tb)
 
 
-def _main(config, version, sha256, dataset_id):
-    """The packed script's entry: report what runs, read the baked config, then ``kernel.train.main``."""
+def _main(config, version, sha256, dataset_id, entry="kernel.train"):
+    """The packed script's entry: report what runs, read the baked config, then ``entry``'s ``main``
+    (``kernel.train``, or ``kernel.infer`` for an inference kernel)."""
     if sys.excepthook is sys.__excepthook__:
         sys.excepthook = _excepthook
     sha = _sources_sha256()
     state = "as built" if sha == sha256 else f"EDITED since the build of {sha256[:12]}"
-    print(f"kernel {version} (packed train.py; sources sha256 {sha}, {state})", flush=True)
+    script = "infer.py" if entry == "kernel.infer" else "train.py"
+    print(f"kernel {version} (packed {script}; sources sha256 {sha}, {state})", flush=True)
     import yaml
 
     try:
         baked = yaml.safe_load(config) or {}
     except yaml.YAMLError as e:
-        print(f"train.py: the CONFIG block at the top is not valid YAML: {' '.join(str(e).split())}",
+        print(f"{script}: the CONFIG block at the top is not valid YAML: {' '.join(str(e).split())}",
               file=sys.stderr)
         return 2
     if not isinstance(baked, dict):
-        print("train.py: the CONFIG block at the top must be a mapping of option: value", file=sys.stderr)
+        print(f"{script}: the CONFIG block at the top must be a mapping of option: value", file=sys.stderr)
         return 2
     _vendor_packages(dataset_id)
-    from kernel.train import main
+    import importlib
+
+    main = importlib.import_module(entry).main
 
     # Pasted into a notebook cell, sys.argv belongs to Jupyter (`-f kernel.json`): use no flags.
     argv = [] if "ipykernel" in sys.modules else None

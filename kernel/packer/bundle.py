@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..config import load_config_file
 from ..errors import ConfigError
 from ..registry import did_you_mean
-from .checks import collect_user_modules, validate_config
+from .checks import collect_user_modules, inference_id, validate_config, validate_inference_config
 from .metadata import (BOOL_KEYS, KERNEL_DEFAULTS, KERNEL_KEYS, PLACEHOLDER_OWNER, RETIRED_SHAPES, SOURCE_KEYS,
                        BuildError, as_bool, is_secret_name, slugify, validate_dataset_metadata,
                        validate_kernel_metadata)
@@ -49,6 +49,8 @@ class Bundle:
     vendored: Dict[str, str] = field(default_factory=dict)  # package -> version
     licenses: Dict[str, str] = field(default_factory=dict)  # vendored package -> its licence, as its metadata says
     warnings: List[str] = field(default_factory=list)
+    folder: str = "kernel"      # the kernel's folder under --out: kernel, or inference for an inference kernel
+    script: str = "train.py"    # its code_file: train.py, or infer.py
 
 
 def _read_json(path: Path, what: str) -> Dict[str, Any]:
@@ -170,12 +172,12 @@ def _kernel_meta(template: Dict[str, Any], section: Any, owner: Optional[str], c
     return kmeta
 
 
-def _kernel_meta_out(kmeta: Dict[str, Any], dataset_id: str, config: Dict[str, Any],
-                     warnings: List[str]) -> Dict[str, Any]:
+def _kernel_meta_out(kmeta: Dict[str, Any], dataset_id: str, config: Dict[str, Any], warnings: List[str],
+                     code_file: str = "train.py") -> Dict[str, Any]:
     """kernel-metadata.json as written: fixed key order, JSON booleans, the code dataset attached."""
     own = [kmeta["id"]] if str(config.get("resume", "")).strip().lower() == "auto" else []
     out: Dict[str, Any] = {
-        "id": kmeta["id"], "title": kmeta["title"], "code_file": "train.py", "language": "python",
+        "id": kmeta["id"], "title": kmeta["title"], "code_file": code_file, "language": "python",
         "kernel_type": "script", **{k: as_bool(kmeta[k]) for k in BOOL_KEYS},
         "machine_shape": kmeta.get("machine_shape") or "",
         "dataset_sources": _merge_sources([dataset_id], kmeta.get("dataset_sources") or []),
@@ -231,20 +233,36 @@ def _vendored_list(b: Bundle) -> str:
 
 
 def plan(config_path: Optional[Path] = None, *, project: Path, owner: Optional[str] = None,
-         vendor: bool = True) -> Bundle:
-    """Read the templates and config, validate everything, and compute every output file."""
+         vendor: bool = True, inference: bool = False) -> Bundle:
+    """Read the templates and config, validate everything, and compute every output file.
+
+    ``inference``: the config is an inference config (:class:`kernel.options.InferOptions`) and the kernel a
+    predict-only ``inference/infer.py`` for a code competition, with its own id."""
     package, problems, bundle = project / "kernel", [], Bundle()
     kmeta_t = _read_json(project / "kernel-metadata.json", "kernel metadata")
     dmeta = _read_json(project / "dataset-metadata.json", "dataset metadata")
     config = read_config(config_path)
     cfg_where = f"config {config_path.name}" if config_path else "config"
     section = config.pop("kaggle", None) or {}
+    if inference and isinstance(section, dict) and isinstance(kmeta_t.get("id"), str):
+        kmeta_t = dict(kmeta_t, id=inference_id(kmeta_t["id"], section))
+        if "title" not in section:
+            kmeta_t["title"] = kmeta_t["id"].split("/")[-1]
     kmeta = _kernel_meta(kmeta_t, section, owner, cfg_where, problems)
     if owner and isinstance(dmeta.get("id"), str):
         dmeta["id"] = "/".join([owner, *dmeta["id"].split("/")[1:]])
     validate_kernel_metadata(kmeta, problems, "kernel-metadata.json" + (f" (with {cfg_where} kaggle:)" if section else ""))
     validate_dataset_metadata(dmeta, problems)
-    validate_config(config, problems, cfg_where)
+    training_id = _read_json(project / "kernel-metadata.json", "kernel metadata").get("id")
+    if inference and owner and isinstance(training_id, str):
+        training_id = "/".join([owner, *training_id.split("/")[1:]])
+    if inference and kmeta.get("id") == training_id:
+        problems.append(f"{cfg_where}: kaggle: id {training_id!r} is the training kernel's; pushing the inference "
+                        "kernel there would add a version to it: give another id or leave id out (-infer is added)")
+    if inference:
+        config = validate_inference_config(config, kmeta, str(dmeta.get("id")), problems, cfg_where)
+    else:
+        validate_config(config, problems, cfg_where)
     roots = [project] + ([config_path.resolve().parent] if config_path else [])
     config, user_modules = collect_user_modules(config, roots, problems, cfg_where)
     if str(config.get("pretrained", "")).lower() == "hub" and as_bool(kmeta.get("enable_internet")) is not True:
@@ -256,12 +274,14 @@ def plan(config_path: Optional[Path] = None, *, project: Path, owner: Optional[s
     modules = package_modules(package, skip=NOT_EMBEDDED) + user_modules
     _check_modules(modules)
     bundle.kernel_id, bundle.dataset_id = kmeta["id"], dmeta["id"]
+    bundle.folder, bundle.script = ("inference", "infer.py") if inference else ("kernel", "train.py")
     bundle.version, bundle.sha256, bundle.module_count = _read_version(package), sources_sha256(modules), len(modules)
-    out_meta = _kernel_meta_out(kmeta, bundle.dataset_id, config, bundle.warnings)
-    script = render_script(modules, config, bundle.version, bundle.dataset_id).encode("utf-8")
+    out_meta = _kernel_meta_out(kmeta, bundle.dataset_id, config, bundle.warnings, bundle.script)
+    script = render_script(modules, config, bundle.version, bundle.dataset_id,
+                           "kernel.infer" if inference else "kernel.train").encode("utf-8")
     bundle.script_bytes = len(script)
-    bundle.files["kernel/train.py"] = script
-    bundle.files["kernel/kernel-metadata.json"] = _json_bytes(out_meta)
+    bundle.files[f"{bundle.folder}/{bundle.script}"] = script
+    bundle.files[f"{bundle.folder}/kernel-metadata.json"] = _json_bytes(out_meta)
     _add_dataset(bundle, dmeta, pkg_modules, vendor)
     leaked = [p for p in bundle.files if any(is_secret_name(part) for part in p.split("/"))]
     if leaked:  # defence in depth: nothing above can add one, and this keeps it that way
@@ -301,7 +321,8 @@ def _check_out_dir(out: Path, project: Path) -> None:
     for protected in (project.resolve(), (project / "kernel").resolve()):
         if out_r == protected or protected.is_relative_to(out_r):
             raise BuildError(f"--out {out}: would overwrite {protected}; use a separate folder such as dist")
-    for sub, marker in (("kernel", "kernel-metadata.json"), ("dataset", "dataset-metadata.json")):
+    for sub, marker in (("kernel", "kernel-metadata.json"), ("inference", "kernel-metadata.json"),
+                        ("dataset", "dataset-metadata.json")):
         d = out / sub
         if d.exists() and any(d.iterdir()) and not (d / marker).is_file():
             raise BuildError(f"--out {out}: {d} exists and was not written by build.py (no {marker}); "
@@ -309,9 +330,10 @@ def _check_out_dir(out: Path, project: Path) -> None:
 
 
 def write(bundle: Bundle, out: Path, project: Path) -> None:
-    """Replace out/kernel and out/dataset with the bundle's files (stale files do not survive)."""
+    """Replace out/kernel (or out/inference) and out/dataset with the bundle's files (stale files do not
+    survive)."""
     _check_out_dir(out, project)
-    for sub in ("kernel", "dataset"):
+    for sub in (bundle.folder, "dataset"):
         if (out / sub).exists():
             shutil.rmtree(out / sub)
     for rel in sorted(bundle.files):

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..config import check_predict_spec, check_values
+from ..config import check_infer_config, check_predict_spec, check_values
 from ..errors import ConfigError
 from .metadata import BuildError, is_secret_name
 from .script import Module
 
-__all__ = ["validate_config", "collect_user_modules"]
+__all__ = ["validate_config", "validate_inference_config", "inference_id", "collect_user_modules"]
 
 _USER_SPEC = re.compile(r"^(?P<path>[^:\s][^:]*):(?P<attr>[A-Za-z_]\w*)$")
 
@@ -65,6 +65,57 @@ def validate_config(config: Dict[str, Any], problems: List[str], where: str) -> 
             problems.append(f"{where}: {opt.lstrip('.')}: {text!r} is a local absolute path that cannot exist on "
                             f"Kaggle; give it relative to the attached dataset (e.g. 'my-data/train', found "
                             f"under /kaggle/input) or as /kaggle/input/...")
+
+
+def inference_id(template_id: str, section: Dict[str, Any]) -> str:
+    """The inference kernel's id: the config's ``kaggle: {id: ...}``, else the template's with ``-infer`` appended
+    (pushing to the training kernel's id would add a version to the training kernel)."""
+    given = section.get("id")
+    return given if isinstance(given, str) and given else f"{template_id}-infer"
+
+
+def _source_names(kmeta: Dict[str, Any], code_dataset: str) -> List[str]:
+    """The slugs a checkpoint path can start with: each kernel's and dataset's slug, each model's name."""
+    names: List[str] = []
+    for key in ("kernel_sources", "model_sources", "dataset_sources"):
+        for ref in kmeta.get(key) or []:
+            parts = str(ref).split("/")
+            if len(parts) >= 2 and ref != code_dataset:
+                names.append(parts[1])
+    return names
+
+
+def validate_inference_config(config: Dict[str, Any], kmeta: Dict[str, Any], code_dataset: str,
+                              problems: List[str], where: str) -> Dict[str, Any]:
+    """The inference config's schema, and what a code competition needs: internet off, a competition attached,
+    and a trained run (``checkpoint:``) inside one of the attached sources. Returns the config to bake, with
+    ``competition`` from the first competition source unless given."""
+    try:
+        baked = check_infer_config(config, where)
+    except ConfigError as e:
+        problems.append(str(e))
+        return {}
+    if kmeta.get("enable_internet") in (True, "true", "True"):
+        problems.append(f"{where}: kaggle: enable_internet is true, but code competitions run their kernels "
+                        "offline and refuse one with internet on; set enable_internet: false")
+    comps = [c for c in kmeta.get("competition_sources") or [] if isinstance(c, str) and c]
+    if not comps:
+        problems.append(f"{where}: kaggle: no competition_sources; an inference kernel reads the competition's test "
+                        "images: add competition_sources: [<competition-slug>]")
+    checkpoint = str(baked.get("checkpoint") or "")
+    names = _source_names(kmeta, code_dataset)
+    if not checkpoint:
+        problems.append(f"{where}: checkpoint: missing; name the trained run inside an attached source, e.g. "
+                        "checkpoint: kernel-train/exp (kaggle: kernel_sources: [<you>/kernel-train])")
+    elif not set(Path(checkpoint).parts) & set(names):
+        attached = ", ".join(names) or "none"
+        problems.append(f"{where}: checkpoint: {checkpoint!r} is in none of the attached sources (attached: "
+                        f"{attached}); attach the training kernel (kaggle: kernel_sources: [<you>/<kernel-slug>]) or "
+                        "the Kaggle Model (model_sources: [<you>/<model>/pyTorch/<variation>/<version>]) and start "
+                        "the path with its slug")
+    if comps and not baked.get("competition"):
+        baked["competition"] = comps[0]
+    return baked
 
 
 def _module_ident(stem: str) -> str:

@@ -34,7 +34,7 @@ def next_steps(bundle: Bundle, out: Path) -> List[str]:
     return [
         f"kaggle datasets create -p {_q(out / 'dataset')} --dir-mode zip        # first time only",
         f"kaggle datasets version -p {_q(out / 'dataset')} --dir-mode zip -m \"{msg}\"   # afterwards",
-        f"kaggle kernels push -p {_q(out / 'kernel')}",
+        f"kaggle kernels push -p {_q(out / bundle.folder)}",
         f"kaggle kernels status {bundle.kernel_id}",
         f"kaggle kernels output {bundle.kernel_id} -p {_q(Path('outputs') / slug)}",
     ]
@@ -134,9 +134,9 @@ def push(bundle: Bundle, out: Path, message: Optional[str] = None, wait_s: float
             break
         if "error" in (status.stdout or "").lower() or clock() > deadline:
             raise BuildError(f"--push: dataset {bundle.dataset_id} is not ready ({(status.stdout or '').strip()}); "
-                             f"check it on kaggle.com, then run `kaggle kernels push -p {out / 'kernel'}`")
+                             f"check it on kaggle.com, then run `kaggle kernels push -p {out / bundle.folder}`")
         sleep(10)
-    return push_kernel(kaggle, out / "kernel")
+    return push_kernel(kaggle, out / bundle.folder)
 
 
 def follow_hint(bundle: Bundle) -> str:

@@ -17,7 +17,7 @@ import yaml
 from .bootstrap import _sources_sha256
 from .metadata import BuildError, is_secret_name
 
-__all__ = ["Module", "package_modules", "sources_sha256", "py_literal", "render_script", "NOT_EMBEDDED"]
+__all__ = ["Module", "ENTRIES", "package_modules", "sources_sha256", "py_literal", "render_script", "NOT_EMBEDDED"]
 
 NOT_EMBEDDED = ("packer",)  # subpackages of kernel/ that only build.py uses: not needed in the kernel
 
@@ -86,11 +86,11 @@ def py_literal(text: str, prefer: str = "'''") -> str:
 
 _HEADER = '''\
 #!/usr/bin/env python3
-"""Fine-tuning kernel: kernel {version}, packed by build.py into one self-contained file.
+"""{what}: kernel {version}, packed by build.py into one self-contained file.
 
-Kaggle runs this file with no arguments, so the run config below is what it trains.
-Anywhere else, command-line flags override it:  python train.py --epochs 3 --amp
-All options:  python train.py --help
+Kaggle runs this file with no arguments, so the {config_is} below is what it {does}.
+Anywhere else, command-line flags override it:  python {file} {example}
+All options:  python {file} --help
 
 The bundle's modules ({count}) are embedded below as readable source and served by an import
 hook, so tracebacks name kernel/<module>.py with its real line numbers; search for
@@ -105,6 +105,7 @@ CONFIG = {config}
 BUNDLE_VERSION = {version!r}
 BUNDLE_SHA256 = {sha!r}
 CODE_DATASET = {dataset!r}  # the Kaggle dataset whose vendor/ holds the packages Kaggle's image lacks
+ENTRY = {entry!r}  # the module whose main(argv, config) runs
 '''
 
 _BOOTSTRAP_TITLE = """
@@ -118,19 +119,31 @@ _FOOTER = '''
 _install()
 
 if __name__ == "__main__":
-    sys.exit(_main(CONFIG, BUNDLE_VERSION, BUNDLE_SHA256, CODE_DATASET))
+    sys.exit(_main(CONFIG, BUNDLE_VERSION, BUNDLE_SHA256, CODE_DATASET, ENTRY))
 '''
 
 
-def render_script(modules: Sequence[Module], config: Dict[str, Any], version: str, dataset_id: str) -> str:
-    """The text of dist/kernel/train.py."""
+# What the packed script runs: its entry module, file name, and the header's words.
+ENTRIES = {
+    "kernel.train": dict(what="Fine-tuning kernel", config_is="run config", does="trains", file="train.py",
+                         example="--epochs 3 --amp"),
+    "kernel.infer": dict(what="Inference kernel (code competitions)", config_is="inference config",
+                         does="predicts into /kaggle/working/submission.csv", file="infer.py",
+                         example="--checkpoint RUN --competition SLUG"),
+}
+
+
+def render_script(modules: Sequence[Module], config: Dict[str, Any], version: str, dataset_id: str,
+                  entry: str = "kernel.train") -> str:
+    """The text of dist/kernel/train.py (``entry`` kernel.infer: dist/inference/infer.py)."""
     sha = sources_sha256(modules)
     config_text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)
     if not config:
         config_text = "# (empty: the defaults of `python train.py --help`)\n"
     bootstrap = (Path(__file__).parent / "bootstrap.py").read_text(encoding="utf-8")
-    parts = [_HEADER.format(version=version, count=len(modules), sha=sha, dataset=dataset_id,
-                            config=py_literal("\n" + config_text, prefer='"""')), _BOOTSTRAP_TITLE, bootstrap]
+    parts = [_HEADER.format(version=version, count=len(modules), sha=sha, dataset=dataset_id, entry=entry,
+                            config=py_literal("\n" + config_text, prefer='"""'), **ENTRIES[entry]),
+             _BOOTSTRAP_TITLE, bootstrap]
     for m in sorted(modules, key=lambda m: m.name):
         parts.append(f"\n\n# ==== {m.filename} {'=' * max(4, 90 - len(m.filename))}\n"
                      f"_add({m.name!r}, {m.filename!r}, {m.is_package!r}, {py_literal(m.source)})\n")
@@ -142,7 +155,7 @@ def render_script(modules: Sequence[Module], config: Dict[str, Any], version: st
 
 def _verify_script(text: str, modules: Sequence[Module]) -> None:
     """Parse the generated script and check every embedded source round-trips exactly."""
-    tree = ast.parse(text, "train.py")
+    tree = ast.parse(text, "packed script")
     seen = {}
     for node in tree.body:
         call = node.value if isinstance(node, ast.Expr) else None

@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from ..augment import save_aug_grid, seed_worker
-from ..data import REPORT, ReadGuard, TransformedDataset, build_loader, name_files, read_report, too_many_bad
+from ..data import (REPORT, ReadGuard, TransformedDataset, build_loader, name_files, read_report, too_many_bad,
+                    transform_draft)
 from ..engine import StepConfig, make_scaler, resolve_amp_dtype, resolve_device
 from ..options import Options
 from ..report import summary_table
@@ -45,7 +46,8 @@ def _show_aug(opts: Options) -> Dict[str, Any]:
     task = get_task(opts.task)
     split = prepare_data(opts, task)
     _, dcfg = prepare_model(opts, task, split)
-    ds = TransformedDataset(split.train, task.transform(opts, dcfg, train=True), with_mask=True)
+    transform = task.transform(opts, dcfg, train=True)
+    ds = TransformedDataset(split.train, transform, with_mask=True, draft=transform_draft(transform, opts.fast_decode))
     path = run_dir_of(opts) / "augmentations.png"
     tiles, drawing = task.show_aug([ds[i % len(ds)] for i in range(opts.show_aug)], split)
     save_aug_grid(tiles, dcfg["mean"], dcfg["std"], path, **drawing)

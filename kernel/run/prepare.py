@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..augment import seed_worker
-from ..data import REPORT, DataSplit, EpochSampler, ReadGuard, Subset, TransformedDataset, build_loader
+from ..data import (REPORT, DataSplit, EpochSampler, ReadGuard, Subset, TransformedDataset, build_loader,
+                    transform_draft)
 from ..engine import (check_soft_targets, create_ema, create_mixup, create_optimizer, make_scaler, param_groups,
                       resolve_amp_dtype, resolve_device)
 from ..engine.distributed import world
@@ -103,6 +104,10 @@ def effective_options(opts: Options) -> Options:
         raise ConfigError(f"--monitor {monitor}: not a metric of --task {task.name}; use one of "
                           f"{', '.join(task.monitors)} (or auto)")
     changes["monitor"] = monitor
+    if opts.fast_decode == "on" and not task.fast_decode:
+        raise ConfigError(f"--fast-decode on: --task {task.name} reads masks at full size, which an image decoded at "
+                          "reduced scale would not align with; use --fast-decode off (or auto)")
+    changes["fast_decode"] = ("on" if task.fast_decode else "off") if opts.fast_decode == "auto" else opts.fast_decode
     return dataclasses.replace(opts, **changes)
 
 
@@ -195,8 +200,9 @@ def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str,
     total = len(split.train) + len(split.val)
 
     def dataset(source: Any, train: bool) -> TransformedDataset:
-        return TransformedDataset(source, task.transform(opts, dcfg, train=train), guard=read_guard(opts, total),
-                                  mask_target=task.target(split), seed=opts.seed if train else None)
+        transform = task.transform(opts, dcfg, train=train)
+        return TransformedDataset(source, transform, guard=read_guard(opts, total), mask_target=task.target(split),
+                                  seed=opts.seed if train else None, draft=transform_draft(transform, opts.fast_decode))
 
     w = world()
     samplers = [EpochSampler(len(source), seed=opts.seed, shuffle=train, batch_size=opts.batch_size,

@@ -39,6 +39,7 @@ class Task(abc.ABC):
     cv_name: str = ""                # the name of the cross-validation score in summary.json
 
     auto_fallback: bool = False      # --task auto picks this task when no other task claims the data
+    fast_decode: bool = True         # --fast-decode auto/on may shrink JPEGs at decode (False: masks must align)
     # the flags of this task's smallest run on built-in data (tests/test_task_contract.py runs every task so)
     smoke_flags: Tuple[str, ...] = ("--data", "shapes", "--model", "test_resnet")
 

@@ -24,7 +24,8 @@ from ..base import Task
 from ..predicting import predict_batches
 from .metrics import ClassifyMeter, accuracy, per_class_stats, write_per_class_csv
 from .oof import cv_accuracy, oof_table
-from .outputs import class_prior, fallback_probs, unreadable_report, write_predictions_csv, write_submission
+from .outputs import class_prior, fallback_probs, unreadable_report, write_predictions_csv
+from .submission import SubmitChoice, write_submission
 from .pictures import label_text, plot_predictions, sample_indices
 
 __all__ = ["ClassifyTask", "ClassifyMeter", "accuracy", "per_class_stats", "predict_probs"]
@@ -137,7 +138,7 @@ class ClassifyTask(Task):
         written (the training run's --bad-images-floor and --bad-images-limit)."""
         multilabel = bool(trained.meta.get("multilabel"))
         paths, bad = [p for _, p in items], {}
-        probs = predict_probs(trained.model, trained.transform, paths, in_chans=trained.in_chans,
+        probs = predict_probs(trained.model, trained.transform, paths, in_chans=trained.in_chans, draft=trained.draft,
                               multilabel=multilabel, device=device, batch_size=popts.batch_size,
                               workers=popts.workers, amp=popts.amp, tta=popts.tta, bad=bad)
         o = trained.options
@@ -148,14 +149,14 @@ class ClassifyTask(Task):
             probs[sorted(bad)] = fallback_probs(trained.meta, len(trained.classes))
         result: Dict[str, Any] = {"images": len(items), "unreadable": [paths[i] for i in sorted(bad)],
                                   "predictions": write_predictions_csv(paths, probs, trained.classes, popts.out,
-                                                                       popts.topk)}
+                                                                       popts.topk or 5)}
         log.info("predicted %d images%s -> %s", len(items), " (flip TTA)" if popts.tta else "", popts.out)
         if popts.submission:
+            choice = SubmitChoice(popts.submit_as, popts.topk, popts.threshold, popts.positive_class)
+            header = [popts.id_col or o.get("image_col") or "id", popts.target_col or o.get("label_col") or "label"]
             result["submission"] = write_submission(
-                [i for i, _ in items], probs, trained.classes, popts.submission,
-                id_col=popts.id_col or o.get("image_col") or "id",
-                target_col=popts.target_col or o.get("label_col") or "label", sample=popts.sample_submission,
-                multilabel=multilabel)
+                [i for i, _ in items], probs, trained.classes, popts.submission, header=header,
+                sample=popts.sample_submission, multilabel=multilabel, choice=choice, prior=trained.meta.get("prior"))
             log.info("wrote %s", popts.submission)
         return result
 
@@ -174,7 +175,7 @@ class ClassifyTask(Task):
 @torch.no_grad()
 def predict_probs(model: nn.Module, transform: Callable, paths: Sequence[str], *, in_chans: int, multilabel: bool,
                   device: torch.device, batch_size: int, workers: int, amp: bool, tta: bool,
-                  bad: Optional[Dict[int, str]] = None) -> torch.Tensor:
+                  bad: Optional[Dict[int, str]] = None, draft: Any = None) -> torch.Tensor:
     """Probabilities (N, C) for ``paths``: softmax, or sigmoid for multi-label; ``tta`` averages a flip.
 
     An image that cannot be read stops with one line naming it, unless ``bad`` is given: then it is recorded
@@ -187,6 +188,6 @@ def predict_probs(model: nn.Module, transform: Callable, paths: Sequence[str], *
             p = (p + act(m(x.flip(3)).float())) / 2
         return None, p
 
-    out = [p.float().cpu() for _, p in predict_batches(model, probs, ImageList(paths, transform, in_chans), device=device,
+    out = [p.float().cpu() for _, p in predict_batches(model, probs, ImageList(paths, transform, in_chans, draft), device=device,
                                                         batch_size=batch_size, workers=workers, amp=amp, bad=bad)]
     return torch.cat(out) if out else torch.zeros(0, 0)

@@ -1,9 +1,6 @@
-"""Classification outputs: ``predictions.csv`` (top-k labels) and a Kaggle ``submission.csv``.
+"""Classification outputs: ``predictions.csv`` (top-k labels) and the fallback of unreadable inputs.
 
-A Kaggle submission is either
-``id,target`` (the top-1 label; for multi-label models the labels with p > 0.5 joined by spaces,
-the top-1 label when none passes) or, when a sample submission's columns after the id are the
-class names, one probability column per class.
+The Kaggle ``submission.csv`` in the competition's format is :mod:`.submission`'s.
 
 An input that cannot be read gets the training prior instead of a prediction (:func:`fallback_probs`): the
 class frequencies of the training images, saved with the checkpoint (:func:`class_prior`), so its label is
@@ -11,20 +8,17 @@ the most frequent class. Every input keeps its row.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
 
-from ...data import index_sample_ids
-from ...errors import ConfigError
 from ...report.files import write_csv
 
-__all__ = ["write_predictions_csv", "read_sample_submission", "write_submission", "class_prior", "fallback_probs",
+__all__ = ["write_predictions_csv", "class_prior", "fallback_probs",
            "unreadable_report"]
 
 log = logging.getLogger("kernel")
@@ -85,53 +79,4 @@ def write_predictions_csv(paths: Sequence[str], probs: torch.Tensor, classes: Se
             for p, i in zip(ps, idx):
                 row += [classes[i], f"{p:.6f}"]
             rows.append(row)
-    return write_csv(rows, out)
-
-
-def read_sample_submission(path: str) -> Tuple[List[str], List[str]]:
-    """(header, ids of the first column in file order) of a sample submission CSV."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    if not rows or len(rows[0]) < 2:
-        raise ConfigError(f"--sample-submission: {path!r} needs a header with an id column and a target column")
-    return rows[0], [r[0] for r in rows[1:] if r]
-
-
-def _label(p: np.ndarray, classes: Sequence[str], multilabel: bool) -> str:
-    if multilabel:
-        on = [classes[i] for i in np.flatnonzero(p > 0.5)]
-        return " ".join(on) if on else str(classes[int(p.argmax())])
-    return str(classes[int(p.argmax())])
-
-
-def write_submission(ids: Sequence[str], probs: torch.Tensor, classes: Sequence[str], out: str | os.PathLike, *,
-                     id_col: str, target_col: str, sample: str = "", multilabel: bool = False) -> str:
-    """Write a Kaggle submission for ``ids`` with probabilities (N, C) -> the file path.
-
-    With ``sample`` (a sample submission CSV): its header and its ids in its order; every id must
-    match a predicted image by id or by stem. Without: ``id_col,target_col`` in input order.
-    """
-    p = probs.float().numpy()
-    if not sample:
-        if len(set(ids)) != len(ids):
-            log.warning("submission: %d duplicate ids (same file stem in several inputs)", len(ids) - len(set(ids)))
-        rows = [[id_col, target_col]] + [[i, _label(p[n], classes, multilabel)] for n, i in enumerate(ids)]
-        return write_csv(rows, out)
-    header, order = read_sample_submission(sample)
-    positions = index_sample_ids(ids, order)
-    extra = len(set(range(len(ids))) - set(positions))
-    if extra:
-        log.warning("submission: %d predicted images are not in the sample submission; left out", extra)
-    per_class = list(header[1:])
-    as_probs = len(header) > 2 and set(per_class) == {str(c) for c in classes}
-    if len(header) > 2 and not as_probs:
-        raise ConfigError(f"--sample-submission: columns {header[1:]} are neither one target column nor the "
-                          f"classes ({', '.join(map(str, classes))})")
-    col = {str(c): j for j, c in enumerate(classes)}
-    rows = [header]
-    for ident, n in zip(order, positions):
-        if as_probs:
-            rows.append([ident] + [f"{p[n, col[c]]:.6f}" for c in per_class])
-        else:
-            rows.append([ident, _label(p[n], classes, multilabel)])
     return write_csv(rows, out)

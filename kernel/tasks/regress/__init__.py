@@ -194,7 +194,7 @@ def predict_values(trained: Any, paths: Sequence[str], *, device: torch.device, 
         y = m(x).float()
         return None, (y + m(x.flip(3)).float()) / 2 if tta else y
 
-    batches = predict_batches(trained.model, values, ImageList(paths, trained.transform, trained.in_chans),
+    batches = predict_batches(trained.model, values, ImageList(paths, trained.transform, trained.in_chans, trained.draft),
                               device=device, batch_size=popts.batch_size, workers=popts.workers, amp=popts.amp,
                               bad=bad)
     out = [y.double().cpu().numpy() * np.asarray(meta["std"]) + np.asarray(meta["mean"]) for _, y in batches]

@@ -57,6 +57,7 @@ class MaskTarget:
 
 class SegmentTask(Task):
     name = "segment"
+    fast_decode = False  # masks are read at full size: an image decoded smaller would not align with its mask
     smoke_flags = ("--data", "shapes", "--model", "tu-test_resnet")  # a U-Net on a timm test encoder
 
     def detect(self, opts: Any, data: str) -> bool:

@@ -54,7 +54,7 @@ def predict_logits(trained: Any, paths: Sequence[str], *, device: torch.device, 
     An image that cannot be read stops with one line naming it, unless ``bad`` is given: then it is recorded
     there (index -> why) and yields nothing."""
     batches = predict_batches(trained.model, _tta_step if tta else _plain_step,
-                              ImageList(paths, trained.transform, trained.in_chans), device=device,
+                              ImageList(paths, trained.transform, trained.in_chans, trained.draft), device=device,
                               batch_size=batch_size, workers=workers, amp=amp, bad=bad)
     for index, logits in batches:
         for k, i in enumerate(index):
