@@ -20,6 +20,9 @@ give byte-identical output. ``--wait`` then follows the pushed kernel to its end
 outputs to ``outputs/<kernel-slug>/v<N>/`` (exit 1 when it failed); ``--until-done N`` pushes it again
 while a version stops on its time limit. ``--publish-model RUN --model-slug NAME`` instead uploads a
 trained run as a Kaggle Model (:mod:`kernel.packer.kaggle_models`) and prints its ``model_sources`` entry.
+``--submit COMP`` submits what the run produced (the downloaded submission.csv, or with ``--code``/``--inference``
+the kernel version) and waits for the score (exit 1 on Kaggle's ERROR); ``--ledger [COMP]`` prints the CV-vs-LB
+ledger ``outputs/<COMP>/ledger.csv`` (:mod:`kernel.packer.submit`, :mod:`kernel.packer.ledger`).
 The work is done by :mod:`kernel.packer`; this file only wires it.
 """
 from __future__ import annotations
@@ -31,7 +34,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from kernel.cli import OneLineParser
-from kernel.packer import BuildError, follow, follow_hint, kaggle_runner, next_steps, plan, push, write
+from kernel.packer import (BuildError, follow, follow_hint, kaggle_runner, next_steps, plan, push, show_ledger,
+                           submit_and_score, write)
 from kernel.packer.kaggle_models import DEFAULT_MODEL_LICENSE, MODEL_LICENSES, publish_model
 from kernel.errors import ConfigError
 
@@ -65,6 +69,7 @@ def _parser() -> OneLineParser:
                    "competition into OUT/inference/infer.py from an inference config (checkpoint:, predict:, "
                    "kaggle: competition_sources and the trained run's source); its id gets -infer")
     _add_publish_flags(p)
+    _add_submit_flags(p)
     return p
 
 
@@ -85,6 +90,46 @@ def _add_publish_flags(p: OneLineParser) -> None:
                    + "; ".join(MODEL_LICENSES) + f" (default: {DEFAULT_MODEL_LICENSE})")
     p.add_argument("--public", action="store_true", help="with --publish-model: a new model is public (default: "
                    "private)")
+
+
+def _add_submit_flags(p: OneLineParser) -> None:
+    p.add_argument("--submit", metavar="COMP", help="submit to competition COMP and wait for the score: after "
+                   "--push it submits what that run produced (implies --wait); alone it pushes nothing and submits "
+                   "the latest downloaded outputs/<kernel-slug>/v<N>/submission.csv (or --submission-file)")
+    p.add_argument("--submit-message", metavar="MSG", help="the submission's description (default: the kernel and "
+                   "version); a short unique token is appended to find it in the listing")
+    p.add_argument("--submission-file", type=Path, metavar="FILE", help="with --submit: submit this file (no build "
+                   "needed)")
+    p.add_argument("--code", action="store_true", help="with --submit: a code competition: submit the kernel version "
+                   "(its submission.csv output) instead of uploading a file (implied by --inference)")
+    p.add_argument("--score-timeout", type=float, default=30.0, metavar="MIN", help="with --submit: wait at most MIN "
+                   "minutes for the score (default: 30); `--ledger COMP` fills in what is still pending")
+    p.add_argument("--ledger", nargs="?", const="", metavar="COMP", help="instead of building: refresh and print "
+                   "outputs/<COMP>/ledger.csv (CV beside public and private score per submission) and write ledger.png")
+
+
+def _check_submit_flags(args: argparse.Namespace) -> None:
+    """The submit flags need --submit; a code submission uploads no file."""
+    extra = [flag for flag, on in (("--submit-message", args.submit_message), ("--code", args.code),
+                                   ("--submission-file", args.submission_file)) if on]
+    if extra and not args.submit:
+        raise ConfigError(f"{', '.join(extra)} go(es) with --submit COMP (the competition's slug)")
+    if args.submission_file is not None and (args.code or args.inference):
+        raise ConfigError("--submission-file uploads a file, but a code competition (--code, --inference) submits the "
+                          "kernel version; drop one")
+    if args.submission_file is not None and args.push:
+        raise ConfigError("--submission-file submits a file you have; --push/--wait submit what the run produces; "
+                          "drop one")
+
+
+def _submit(args: argparse.Namespace, kernel_id: Optional[str], version: Optional[int],
+            sleep: Callable[[float], None], clock: Callable[[], float]) -> int:
+    """``--submit COMP``: limits, submit, score, ledger (:func:`kernel.packer.submit_and_score`)."""
+    again = (args.until_done or 1) > 1  # follow may have pushed later versions: the latest downloaded is the run's
+    return submit_and_score(kaggle_runner(), args.submit, kernel=kernel_id, version=None if again else version,
+                            code=args.code or args.inference, file=args.submission_file,
+                            message=args.submit_message, latest=again or not args.push,
+                            timeout_s=args.score_timeout * 60, sleep=sleep, clock=clock)
 
 
 def _publish(args: argparse.Namespace, project: Path) -> int:
@@ -130,8 +175,13 @@ def main(argv: Optional[Sequence[str]] = None, project: Path = PROJECT, sleep: C
         args = _parser().parse_args(argv)
         if args.publish_model is not None or args.model_slug:
             return _publish(args, project)
-        args.wait = args.wait or args.until_done is not None
+        if args.ledger is not None:
+            return show_ledger(kaggle_runner, args.ledger)
+        args.wait = args.wait or args.until_done is not None or bool(args.submit and args.push)
         args.push = args.push or args.wait
+        _check_submit_flags(args)
+        if args.submission_file is not None:
+            return _submit(args, None, None, sleep, clock)
         _check_config_or_demo(args.config, args.demo)
         if args.inference and args.config is None:
             raise ConfigError("--inference needs --config infer.yaml (checkpoint: the trained run; kaggle: "
@@ -151,16 +201,17 @@ def main(argv: Optional[Sequence[str]] = None, project: Path = PROJECT, sleep: C
           f"  {args.out / bundle.folder / bundle.script}  {bundle.script_bytes / 1024:.0f} KB, {bundle.module_count} "
           f"embedded modules; kernel {bundle.kernel_id}\n"
           f"  {args.out / 'dataset'}  code dataset {bundle.dataset_id}{vendored}")
-    if not args.push:
+    if not args.push and not args.submit:
         print("Next steps:\n  " + "\n  ".join(next_steps(bundle, args.out)))
         return 0
     try:
-        version = push(bundle, args.out, args.message, sleep=sleep, clock=clock)
-        if not args.wait:
+        version = push(bundle, args.out, args.message, sleep=sleep, clock=clock) if args.push else None
+        if args.push and not args.wait:
             print(follow_hint(bundle))
             return 0
-        return follow(kaggle_runner(), bundle.kernel_id, args.out / bundle.folder, version,
-                      max_versions=args.until_done or 1, sleep=sleep, clock=clock)
+        rc = follow(kaggle_runner(), bundle.kernel_id, args.out / bundle.folder, version,
+                    max_versions=args.until_done or 1, sleep=sleep, clock=clock) if args.push else 0
+        return _submit(args, bundle.kernel_id, version, sleep, clock) if args.submit and rc == 0 else rc
     except BuildError as e:
         return _errors(e.problems)
 

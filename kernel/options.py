@@ -104,7 +104,8 @@ class Options:
                                     "first resize needs (PIL draft; faster, pixels change slightly); auto: on unless "
                                     "the task's masks must align (segmentation); saved with the run, used by "
                                     "prediction", "data", choices=("auto", "on", "off"))
-    aug_backend: str = _opt("auto", "augmentation library (auto prefers imgaug when installed)", "data",
+    aug_backend: str = _opt("auto", "augmentation library (auto: the fastest installed one, imgaug, albumentations, "
+                                    "then torchvision; saved with the run)", "data",
                             choices=FromRegistry("aug_backends"))
     # model
     model: str = _opt("resnet18", "timm name (resnet34, convnext_tiny, ...) or tv:NAME for torchvision; for "

@@ -24,7 +24,9 @@ The server's state is a JSON file shared by the successive calls:
 - ``models`` (Kaggle Models, see :func:`new_model_state`): ``{"owner/model": {"<framework>/<variation>":
   latest version}}``, grown by ``CreateModel``/``CreateModelInstance``/``CreateModelInstanceVersion``;
   ``model_calls``: each of those calls as ``{"call", "body"}`` (the JSON the client sent); ``uploads``:
-  each uploaded blob as ``{"name", "entries"}`` (a zip's member names) or ``{"name", "size"}``.
+  each uploaded blob as ``{"name", "entries"}`` (a zip's member names) or ``{"name", "size"}``;
+- ``competition`` (see :func:`new_competition_state`): the submission limits, the scripted scoring of each
+  submission to come and what the client submitted.
 
 Output files are listed with download URLs under ``https://storage.invalid/``; the client fetches
 them with ``requests.get(url, stream=True)``, which also ends in ``Session.send``, so the downloads
@@ -46,11 +48,15 @@ from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["FakeServer", "install", "new_state", "new_model_state", "read_state", "kaggle_log", "CliServer",
-           "fake_kaggle_env", "make_project", "FakeClock"]
+__all__ = ["FakeServer", "install", "new_state", "new_model_state", "new_competition_state", "read_state", "kaggle_log",
+           "CliServer", "fake_kaggle_env", "make_project", "FakeClock"]
 
 # The Kaggle Models calls the fake answers (kagglesdk ModelApiService method names).
 MODEL_CALLS = ("GetModel", "GetModelInstance", "CreateModel", "CreateModelInstance", "CreateModelInstanceVersion")
+
+# The competition calls the fake answers (kagglesdk CompetitionApiService method names).
+COMPETITION_CALLS = ("GetSubmissionLimits", "StartSubmissionUpload", "CreateSubmission", "CreateCodeSubmission",
+                     "ListSubmissions", "GetSubmission")
 
 # -S: the wrapper needs only the standard library, and skipping site keeps each call at ~20 ms.
 WRAPPER = '''#!{python} -S
@@ -110,12 +116,19 @@ class FakeServer:
             slug, version, rel = url.split("/", 5)[3:]  # https://storage.invalid/<slug>/<version>/<file>
             spec = self._versions(state, slug)[int(version) - 1]
             return 200, spec["files"][rel].encode()
+        if url.startswith("https://upload.invalid/submission/"):  # a submission file (StartSubmissionUpload)
+            if state["competition"].get("refuse") == "upload":
+                return 403, {"code": 403, "message": "upload refused"}
+            state["competition"]["blobs"][url.rsplit("/", 1)[-1]] = body.decode("utf-8", "replace")
+            return 200, {}
         if url.startswith("https://upload.invalid/"):
             if "uploads" in state:
                 state["uploads"].append(_upload_record(url.rsplit("/", 1)[-1], body))
             return 200, {}
         if name in MODEL_CALLS:
             return self._model(state, name, json.loads(body or b"{}"))
+        if name in COMPETITION_CALLS:
+            return _competition(state, name, json.loads(body or b"{}"))
         if name == "GetDatasetStatus":
             return (200, {"status": "ready"}) if state["dataset_exists"] else (404, {"message": "not found"})
         if name == "StartBlobUpload":
@@ -189,6 +202,72 @@ class FakeServer:
         state["pushes"].append({"slug": sent["slug"], "version": version, "text": sent["text"]})
         reply = {"ref": f"/code/{sent['slug']}", "url": f"https://www.kaggle.com/code/{sent['slug']}"}
         return {**reply, "versionNumber": version} if version is not None else reply
+
+
+def new_competition_state(competition: str, scripted: List[Dict], limits: Optional[Dict] = None,
+                          base: Optional[Dict] = None) -> Dict:
+    """A server state with one competition (added to ``base``, e.g. a :func:`new_state` with kernel versions).
+
+    ``scripted``: one spec per submission to come, consumed by each ``CreateSubmission``/``CreateCodeSubmission``:
+    ``statuses`` (``SubmissionStatus`` wire names, one per listing, the last repeated), ``public``/``private``
+    (the scores, strings as Kaggle sends them, or None), ``error`` (the error description sent with ERROR).
+    ``limits`` is the ``GetSubmissionLimits`` answer (default: 5 left today). The state records
+    ``competition.submissions`` (what the client sent: ``competition``, ``description``, ``fileName``, ``content``
+    of an uploaded file, ``kernel``, ``version``) and ``competition.calls`` (each call's name). Setting
+    ``competition.refuse`` to ``"submit"`` answers the submit calls 404, as Kaggle does for a competition closed to
+    submissions; ``"upload"`` answers the file's upload 403.
+    """
+    return {**(base or new_state("nobody/no-kernel", [])),
+            "competition": {"name": competition, "scripted": scripted, "submissions": [], "blobs": {}, "calls": [],
+                            "limits": {"numToday": 0, "numTotal": 3, "numAllowedNow": 5} if limits is None
+                            else limits}}
+
+
+def _competition(state: Dict, name: str, req: Dict):
+    """The competitions endpoints over ``state["competition"]``; a listing advances every submission one status."""
+    comp = state["competition"]
+    comp["calls"].append(name)
+    if req.get("competitionName", comp["name"]) != comp["name"]:
+        return 404, {"code": 404, "message": f"competition {req.get('competitionName')} not found"}
+    if name == "GetSubmissionLimits":
+        return 200, {k: v for k, v in comp["limits"].items() if v}  # zeros are left out, as the server does
+    if comp.get("refuse") == "submit" and name in ("StartSubmissionUpload", "CreateSubmission", "CreateCodeSubmission"):
+        return 404, {"code": 404, "message": "competition not accepting submissions"}  # e.g. ended or not joined
+    if name == "StartSubmissionUpload":
+        token = f"blob-{len(comp['blobs']) + 1}-{req['fileName']}"
+        return 200, {"token": token, "createUrl": f"https://upload.invalid/submission/{token}"}
+    if name in ("CreateSubmission", "CreateCodeSubmission"):
+        spec = comp["scripted"].pop(0)
+        ref = 50000 + len(comp["submissions"]) + 1
+        token = req.get("blobFileTokens")
+        comp["submissions"].append({
+            **spec, "ref": ref, "competition": req["competitionName"], "description": req.get("submissionDescription"),
+            "fileName": req.get("fileName") or (token or "").split("-", 2)[-1],
+            "content": comp["blobs"].get(token) if token else None,
+            "kernel": f"{req['kernelOwner']}/{req['kernelSlug']}" if "kernelSlug" in req else None,
+            "version": req.get("kernelVersion"), "date": f"2026-12-03T12:{len(comp['submissions']):02d}:00.000Z"})
+        return 200, {"message": "Successfully submitted to " + comp["name"], "ref": ref}
+    subs = comp["submissions"] if name == "ListSubmissions" else [
+        s for s in comp["submissions"] if s["ref"] == req.get("ref")]
+    wire = [_submission_wire(s) for s in subs]
+    for s in subs:
+        if len(s["statuses"]) > 1:
+            s["statuses"].pop(0)
+    if name == "GetSubmission":
+        return (200, wire[0]) if wire else (404, {"code": 404, "message": "submission not found"})
+    return 200, {"submissions": wire[::-1]}  # newest first, as sorted by date
+
+
+def _submission_wire(s: Dict) -> Dict:
+    """One ``ApiSubmission`` as JSON: the scores only once COMPLETE, the error description only with ERROR."""
+    status = s["statuses"][0]
+    wire = {"ref": s["ref"], "date": s["date"], "description": s["description"], "fileName": s["fileName"],
+            "status": status, "totalBytes": len(s["content"] or "")}
+    if status == "COMPLETE":
+        wire.update({k: v for k, v in (("publicScore", s.get("public")), ("privateScore", s.get("private"))) if v})
+    if status == "ERROR" and s.get("error"):
+        wire["errorDescription"] = s["error"]
+    return wire
 
 
 def _framework(wire: str) -> str:

@@ -290,6 +290,7 @@ def test_masks_stay_aligned(backend, spec):
 # 4. missing imgaug -------------------------------------------------------------------------------
 def test_missing_imgaug_auto_falls_back_once_and_explicit_raises(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "imgaug.augmenters", None)  # as if imgaug were not installed
+    monkeypatch.setitem(sys.modules, "albumentations", None)  # and albumentations (auto's next library) neither
     aug_backends.forget_first_times()
     with caplog.at_level(logging.WARNING, logger="kernel.augment"):
         ts = [build(p, "auto") for p in ("default", "heavy", "light")]
@@ -308,11 +309,11 @@ def test_missing_imgaug_subprocess_meta_path_blocker():
         import importlib.abc, json, logging, sys
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name == "imgaug" or name.startswith("imgaug."):
-                    raise ImportError("No module named 'imgaug' (blocked)")
+                if name.partition(".")[0] in ("imgaug", "albumentations"):  # auto's libraries before torchvision
+                    raise ImportError(f"No module named {name!r} (blocked)")
         sys.meta_path.insert(0, Block())
         import kernel.augment as A
-        lazy = [m for m in ("imgaug", "cv2", "matplotlib", "torchvision") if m in sys.modules]
+        lazy = [m for m in ("imgaug", "albumentations", "cv2", "matplotlib", "torchvision") if m in sys.modules]
         records = []
         logging.getLogger("kernel.augment").addHandler(type("H", (logging.Handler,), {"emit": lambda s, r: records.append(r.getMessage())})())
         kw = dict(img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)

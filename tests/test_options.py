@@ -81,13 +81,14 @@ def test_bad_config_files(tmp_path, text, words):
 
 
 def test_choices_come_from_registries():
-    from kernel.augment import PRESETS
+    from kernel.augment import BACKENDS, PRESETS
     from kernel.schedule import SCHEDULERS
     from kernel.tasks import TASKS
 
     actions = {a.dest: a for a in build_parser()._actions}
     assert list(actions["sched"].choices) == SCHEDULERS.names()
     assert list(actions["aug"].choices) == list(PRESETS)
+    assert list(actions["aug_backend"].choices) == list(BACKENDS) == ["auto", "torchvision", "imgaug", "albumentations"]
     assert list(actions["task"].choices) == ["auto", *TASKS.names()]
 
 

@@ -21,7 +21,10 @@ def test_readme_augmentation_examples_run():
     assert len(imgaug_ops) >= 4 and len(tv_ops) >= 3
     img = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     mask = (img[..., 0] > 127).astype(np.int64)
-    for backend, ops in (("imgaug", imgaug_ops), ("torchvision", tv_ops)):
+    text = (ROOT / "README.md").read_text()
+    albu_ops = yaml.safe_load(re.search(r"```yaml\n(aug_backend: albumentations\n.*?)```", text, re.S).group(1))["aug"]
+    assert len(albu_ops) >= 4
+    for backend, ops in (("imgaug", imgaug_ops), ("torchvision", tv_ops), ("albumentations", albu_ops)):
         t = build_transform(ops, train=True, backend=backend, img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
         t.strict = True
         x, m = t(img, mask)

@@ -153,6 +153,16 @@ SKIP: Dict[str, str] = {
         "talks to Kaggle; tests/test_publish_model.py runs it with the real client, HTTP scripted",
     'python build.py --publish-model outputs/kernel-train/v4/exp --model-slug my-model -m "focal loss, 12 epochs"':
         "talks to Kaggle; tests/test_publish_model.py runs it with the real client, HTTP scripted",
+    'python build.py --config run.yaml --wait --submit my-competition':
+        "submits to a competition on kaggle.com; tests/test_submit.py runs it with the real client, HTTP scripted",
+    'python build.py --config run.yaml --submit my-competition --submit-message "lr 3e-4, 12 epochs"':
+        "submits to a competition on kaggle.com; tests/test_submit.py runs it with the real client, HTTP scripted",
+    'python build.py --submit my-competition --submission-file runs/exp/predict/submission.csv':
+        "submits to a competition on kaggle.com; tests/test_submit.py runs it with the real client, HTTP scripted",
+    'python build.py --config infer.yaml --inference --wait --submit my-competition':
+        "submits to a competition on kaggle.com; tests/test_submit.py runs it with the real client, HTTP scripted",
+    'python build.py --ledger my-competition':
+        "submits to a competition on kaggle.com; tests/test_submit.py runs it with the real client, HTTP scripted",
     "torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint host0:29500 -m kernel.train "
     "--config run.yaml": "two machines; tests/test_distributed.py runs torchrun on one",
     "!pip install -q imgaug": "Colab; installs a package",

@@ -101,7 +101,7 @@ def test_flip_tta_flips_the_logits_back():
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 4, 1).eval()
     tf = lambda image, mask: (torch.from_numpy(image).permute(2, 0, 1).float() / 255, None)  # noqa: E731
-    trained = SimpleNamespace(model=model, transform=tf, in_chans=3)
+    trained = SimpleNamespace(model=model, transform=tf, in_chans=3, draft=None)
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         rng = np.random.default_rng(0)

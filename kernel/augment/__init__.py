@@ -1,4 +1,4 @@
-"""Image (+ mask) augmentation: imgaug or torchvision v2 pipelines, seeded per worker, picklable.
+"""Image (+ mask) augmentation: imgaug, torchvision v2 or albumentations pipelines, seeded per sample, picklable.
 
 ``build_transform(...)`` returns a callable ``(image (H, W, C) uint8, mask (H, W) int | None) ->
 (FloatTensor (C, S, S) normalized, LongTensor (S, S) | None)``. Every pipeline is
@@ -13,7 +13,8 @@ differ across DataLoader workers and epochs (PyTorch seeds each worker's torch R
 
 This module is the public API: it checks the arguments, resolves the backend, seeds workers and
 re-exports the rest. Below it: :mod:`kernel.augment.pipeline` (the transform), :mod:`kernel.augment.backends`
-(library calls), :mod:`kernel.augment.ops` (op registries), :mod:`kernel.augment.presets`,
+and :mod:`kernel.augment.albu` (library calls), :mod:`kernel.augment.ops` and :mod:`kernel.augment.albu_ops`
+(op registries), :mod:`kernel.augment.presets`,
 :mod:`kernel.augment.noise` and :mod:`kernel.augment.grid` (the preview PNG).
 """
 from __future__ import annotations
@@ -21,52 +22,80 @@ from __future__ import annotations
 import numbers
 import random
 import sys
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from . import imgaug_compat
-from .backends import first_time, warn_once
+from .albu import (albumentations_available, check_serialized, import_albumentations, is_serialized, serialized_dict,
+                   warn_fallback)
+from .albu_ops import ALBU_AUTOMATIC
+from .backends import first_time
 from .grid import aug_figure, aug_tile, save_aug_grid
-from .ops import IMGAUG_OPS, TORCHVISION_OPS, check_names, op_names
+from .ops import REGISTRIES, check_names, op_names
 from .pipeline import INTERP, AugmentTransform, augment_batch, smoke_test
-from .presets import BACKENDS, PRESETS, preset_ops
+from .presets import AUTO_ORDER, BACKENDS, PRESETS, preset_ops
 from ..data.images import DEFAULT_DATA_CONFIG
 from ..errors import ConfigError
 from ..registry import Registry
 
-__all__ = ["PRESETS", "BACKENDS", "build_transform", "preset_ops", "AugmentTransform", "augment_batch",
+__all__ = ["PRESETS", "BACKENDS", "AUTO_ORDER", "resolve_backend", "build_transform", "preset_ops", "AugmentTransform", "augment_batch",
            "seed_worker", "aug_tile", "aug_figure", "save_aug_grid"]
 
 
 
-def _resolve_backend(spec: Any, backend: str, train: bool) -> Tuple[List[Any], str, bool]:
-    """-> (op list, concrete backend "imgaug" | "torchvision" | "none", is_custom)."""
+def resolve_backend(spec: Any, backend: str = "auto") -> str:
+    """The library :func:`build_transform` trains ``spec`` with: ``backend`` itself, or for ``auto`` the first
+    of :data:`AUTO_ORDER` that is importable and (for a custom op list) knows every name. Runs record it
+    (options, checkpoint), so a resume elsewhere keeps the library. ``auto``'s preset fallback is warned once."""
     _known("augmentation backend (--aug-backend)", backend, BACKENDS)
+    if backend != "auto" or spec is None or (isinstance(spec, str) and spec == "none"):
+        return backend  # nothing to augment under auto: no library to pick (or import)
+    if is_serialized(spec):
+        return "albumentations"
+    if spec is None or isinstance(spec, str):
+        _known("augmentation preset (--aug; or give a list of ops in the config file)", spec, PRESETS)
+        chosen = next(b for b in AUTO_ORDER if _AVAILABLE[b]())  # torchvision, last, is always there
+        missing = list(AUTO_ORDER[:AUTO_ORDER.index(chosen)])
+        if missing:
+            warn_fallback(missing, chosen)
+        return chosen
+    names = op_names(spec)
+    knows = [b for b in AUTO_ORDER if all(n in REGISTRIES[b] for n in names)]
+    if knows:  # none of them importable: the first, whose explicit import error says how to install it
+        return next((b for b in knows if _AVAILABLE[b]()), knows[0])
+    # report the unknown names against the registry that knows most of the list (ties: AUTO_ORDER's first)
+    return max(AUTO_ORDER, key=lambda b: sum(n in REGISTRIES[b] for n in names))
+
+
+_AVAILABLE: Dict[str, Callable[[], bool]] = {"imgaug": imgaug_compat.imgaug_available,
+                                             "albumentations": albumentations_available, "torchvision": lambda: True}
+
+
+def _resolve_backend(spec: Any, backend: str, train: bool) -> Tuple[Any, str, bool]:
+    """-> (op list or saved albumentations pipeline, concrete backend or "none", is_custom)."""
+    _known("augmentation backend (--aug-backend)", backend, BACKENDS)
+    if is_serialized(spec):  # albumentations' own A.to_dict / A.save form
+        if backend not in ("auto", "albumentations"):
+            raise ConfigError(f"augmentation: a pipeline saved by albumentations needs --aug-backend albumentations "
+                              f"(or auto), not {backend}")
+        spec = serialized_dict(spec)  # plain data from here on (a file is read once, here)
+        if not train:
+            return spec, "none", True
+        _require("albumentations")
+        check_serialized(spec, ALBU_AUTOMATIC)
+        return spec, "albumentations", True
     if spec is None or isinstance(spec, str):
         preset = _known("augmentation preset (--aug; or give a list of ops in the config file)", spec or "none",
                         PRESETS)
         if not train or preset == "none":
             return [], "none", False
-        if backend == "auto":
-            backend = "imgaug" if imgaug_compat.imgaug_available() else "torchvision"
-            if backend == "torchvision":
-                warn_once("fallback", "augmentation: imgaug is not importable, using the torchvision backend; "
-                                      "imgaug is faster: `pip install imgaug`, or attach the kernel code dataset "
-                                      "that vendors it (Kaggle)")
+        backend = resolve_backend(preset, backend)
         _require(backend)
         return preset_ops(preset, backend), backend, False
     names = op_names(spec)
-    if backend == "auto":  # the registry that knows every name; imgaug first (faster) when importable
-        in_ia, in_tv = all(n in IMGAUG_OPS for n in names), all(n in TORCHVISION_OPS for n in names)
-        if in_ia and (not in_tv or imgaug_compat.imgaug_available()):
-            backend = "imgaug"
-        elif in_tv:
-            backend = "torchvision"
-        else:  # report against the registry that knows more of the list
-            backend = "imgaug" if sum(n in IMGAUG_OPS for n in names) >= sum(n in TORCHVISION_OPS for n in names) \
-                else "torchvision"
+    backend = resolve_backend(spec, backend)
     check_names(names, backend)
     if not train or not names:
         return list(spec), "none", True
@@ -82,11 +111,12 @@ def _known(kind: str, name: Any, names: Sequence[str]) -> str:
 
 
 def _require(backend: str) -> None:
-    if backend == "imgaug":
+    importer = {"imgaug": imgaug_compat.import_imgaug, "albumentations": import_albumentations}.get(backend)
+    if importer is not None:
         try:
-            imgaug_compat.import_imgaug()
+            importer()
         except ImportError as e:
-            raise ConfigError(f"--aug-backend imgaug: {e}") from None
+            raise ConfigError(f"--aug-backend {backend}: {e}") from None
 
 
 def _cv2_sequential() -> None:
@@ -136,7 +166,7 @@ def build_transform(preset_or_ops: Any, *, train: bool, backend: str = "auto", i
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy, random, imgaug and cv2 from torch's per-worker seed.
+    """DataLoader ``worker_init_fn``: seed numpy, random, imgaug, albumentations and cv2 from torch's per-worker seed.
 
     PyTorch already seeds each worker's torch RNG with base_seed + worker_id (base_seed drawn from
     the loader's generator, so new per epoch). Our pipelines draw from torch, so they need nothing
@@ -160,12 +190,18 @@ def seed_worker(worker_id: int) -> None:
 
 
 def _reseed_owned(obj: Any, seed: int, seen: set, depth: int) -> None:
-    """Reseed imgaug augmenters reachable from a dataset (transform, transforms, dataset(s), Compose)."""
+    """Reseed imgaug augmenters and albumentations Composes reachable from a dataset (transform, transforms,
+    dataset(s), Compose)."""
     if obj is None or id(obj) in seen or depth > 5 or isinstance(obj, (str, bytes, np.ndarray, torch.Tensor)):
         return
     seen.add(id(obj))
     if hasattr(obj, "seed_") and hasattr(obj, "get_children_lists"):  # an imgaug Augmenter
         obj.seed_((seed + 7919 * len(seen)) % 2 ** 32)  # distinct streams when a dataset holds several
+        return
+    if hasattr(obj, "set_random_state") and hasattr(obj, "transforms"):  # an albumentations Compose
+        # one pair of generators shared by its ops (its own set_random_seed gives every op the same stream)
+        s = (seed + 7919 * len(seen)) % 2 ** 32
+        obj.set_random_state(np.random.default_rng(s), random.Random(s))
         return
     if isinstance(obj, (list, tuple)):
         for item in obj[:64]:

@@ -16,30 +16,16 @@ live in :mod:`kernel.augment.noise`, the presets' op lists in :mod:`kernel.augme
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .albu_ops import ALBU_AUTOMATIC, ALBU_OPS, albu_size_value, albu_value
 from .noise import custom_factory
+from .opinfo import OpInfo
 from ..errors import ConfigError
 from ..registry import Registry
 
-__all__ = ["OpInfo", "IMGAUG_OPS", "TORCHVISION_OPS", "AUTOMATIC_OPS", "build_ops", "split_entry", "op_names", "describe",
-           "check_names"]
-
-
-@dataclass(frozen=True)
-class OpInfo:
-    """One allowed op: library attribute, what it touches, the channel counts it supports."""
-
-    attr: Optional[str]  # class name in imgaug.augmenters / torchvision.transforms.v2; None = ours
-    kind: str  # "geometric" (moves masks too) | "photometric" (image only) | "meta" (holds op lists)
-    channels: Optional[Tuple[int, ...]] = None  # None = any channel count
-    example: Dict[str, Any] = field(default_factory=dict)  # kwargs giving a valid instance (docs, tests)
-    children: Tuple[str, ...] = ()  # kwargs that hold nested op lists
-    renames: Dict[str, str] = field(default_factory=dict)  # config key -> library kwarg
-    size_kwargs: Tuple[str, ...] = ()  # kwargs that default to the output size
-    defaults: Dict[str, Any] = field(default_factory=dict)  # our defaults, where the library's are odd
-    masks: bool = True  # False: the library cannot take a mask alongside the image
+__all__ = ["OpInfo", "IMGAUG_OPS", "TORCHVISION_OPS", "ALBU_OPS", "AUTOMATIC_OPS", "REGISTRIES", "build_ops", "split_entry",
+           "op_names", "describe", "check_names"]
 
 
 IMGAUG_OPS: Registry[OpInfo] = Registry("imgaug augmentation op")
@@ -156,6 +142,8 @@ for _name, _info in _IMGAUG_TABLE:
     IMGAUG_OPS.register(_name, _info, aliases=("Noop",) if _name == "Identity" else ())
 for _name, _info in _TV_TABLE:
     TORCHVISION_OPS.register(_name, _info)
+# each concrete backend's registry (the albumentations table lives in kernel.augment.albu_ops)
+REGISTRIES: Dict[str, Registry[OpInfo]] = {"imgaug": IMGAUG_OPS, "torchvision": TORCHVISION_OPS, "albumentations": ALBU_OPS}
 
 
 def split_entry(entry: Any, where: str) -> Tuple[str, Any]:
@@ -185,10 +173,10 @@ def op_names(ops: Any, where: str = "augmentation") -> List[str]:
 def check_names(names: Sequence[str], backend: str, where: str = "augmentation") -> None:
     """ConfigError for ToTensor/Normalize (always appended) and for names unknown to ``backend``."""
     for n in names:
-        if n in AUTOMATIC_OPS:
+        if n in AUTOMATIC_OPS or n in ALBU_AUTOMATIC:
             raise ConfigError(f"{where}: {n!r} is added automatically at the end of every pipeline "
                               "(to tensor + normalize with the model's mean/std); remove it from the list")
-    registry = IMGAUG_OPS if backend == "imgaug" else TORCHVISION_OPS
+    registry = REGISTRIES[backend]
     for n in names:
         registry.canonical(n)  # unknown op -> ConfigError with the known names and the closest match
 
@@ -245,16 +233,20 @@ def _size_value(key: str, img_size: Any) -> Any:
 
 def build_ops(ops: Any, backend: str, *, img_size: Any, in_chans: int, where: str = "augmentation",
               skipped: Optional[List[str]] = None) -> List[Any]:
-    """Instantiate an op list for ``backend`` ("imgaug" | "torchvision"); returns library objects.
+    """Instantiate an op list for ``backend`` ("imgaug" | "torchvision" | "albumentations"); returns library objects.
 
     Ops that cannot handle ``in_chans`` channels (colour ops on 1/4-channel data) are skipped and
     their names appended to ``skipped``. Constructor errors become ConfigError naming the op.
     """
-    registry = IMGAUG_OPS if backend == "imgaug" else TORCHVISION_OPS
+    registry = REGISTRIES[backend]
     if backend == "imgaug":
         from .imgaug_compat import import_imgaug
 
         module = import_imgaug()
+    elif backend == "albumentations":
+        from .albu import import_albumentations
+
+        module = import_albumentations()
     else:
         from torchvision.transforms import v2 as module
     out = []
@@ -279,16 +271,20 @@ def build_ops(ops: Any, backend: str, *, img_size: Any, in_chans: int, where: st
                     value = None  # imgaug wants None, not [], for an empty branch
             elif backend == "imgaug":
                 value = _imgaug_value(value)
+            elif backend == "albumentations":
+                value = albu_value(key, value)
             else:
                 value = _tv_value(key, value)
             kwargs[info.renames.get(key, key)] = value
         if not pos:
             for key in info.size_kwargs:
-                kwargs.setdefault(key, _size_value(key, img_size))
+                kwargs.setdefault(key, (albu_size_value if backend == "albumentations" else _size_value)(key, img_size))
         factory = custom_factory(name, backend, module) if info.attr is None else getattr(module, info.attr)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
+                # albumentations only warns about an unknown kwarg and drops it: a typo must fail like elsewhere
+                warnings.filterwarnings("error", message=r"Argument\(s\) .* are not valid for transform")
                 out.append(factory(*pos, **kwargs))
         except Exception as e:  # TypeError (bad kwarg), ValueError/AssertionError (bad value)
             example = {name: info.example} if info.example else name
@@ -298,5 +294,9 @@ def build_ops(ops: Any, backend: str, *, img_size: Any, in_chans: int, where: st
 
 
 def describe(ops: Sequence[Any]) -> str:
-    """Short text of an op list for logs: ``Fliplr, Affine, Sometimes``."""
+    """Short text of an op list for logs: ``Fliplr, Affine, Sometimes`` (a saved albumentations pipeline: its ops)."""
+    from .albu import is_serialized, serialized_names
+
+    if is_serialized(ops):
+        return "saved albumentations " + ", ".join(serialized_names(ops))
     return ", ".join(split_entry(e, "augmentation")[0] for e in ops) or "(none)"

@@ -13,9 +13,10 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .albu import albu_call, albu_state, is_serialized, load_serialized
 from .backends import (imgaug_call, imgaug_state, quiet_library_warnings, resize_exact, resize_shorter, tv_call,
                        warn_once)
-from .ops import IMGAUG_OPS, TORCHVISION_OPS, build_ops, describe, op_names
+from .ops import REGISTRIES, build_ops, describe, op_names
 from ..data.images import fit_channel_stats
 from ..errors import ConfigError
 
@@ -30,7 +31,8 @@ class AugmentTransform:
     def __init__(self, ops: List[Any], *, backend: str, train: bool, img_size: Any, mean: Sequence[float],
                  std: Sequence[float], interpolation: str, crop_pct: float, in_chans: int, warn_skips: bool,
                  fit: str = "crop") -> None:
-        self.ops, self.backend, self.train = ops, backend, train  # backend: "imgaug" | "torchvision" | "none"
+        # ops: an op list, or albumentations' saved form (A.to_dict); backend: imgaug | torchvision | albumentations | none
+        self.ops, self.backend, self.train = ops, backend, train
         # fit "crop": resize the shorter side, center-crop S x S (classification); "resize": the whole image
         # to exactly (H, W), nothing cut off (segmentation: every pixel has a label).
         self.fit, self.in_chans = fit, int(in_chans)
@@ -58,15 +60,19 @@ class AugmentTransform:
         if self.backend != "none":
             quiet_library_warnings()
             skipped: List[str] = []
-            built = build_ops(self.ops, self.backend, img_size=self.img_size, in_chans=self.in_chans, skipped=skipped)
+            saved = is_serialized(self.ops)  # albumentations' own form: built by albumentations, as saved
+            built = load_serialized(self.ops) if saved else \
+                build_ops(self.ops, self.backend, img_size=self.img_size, in_chans=self.in_chans, skipped=skipped)
             if skipped and self.warn_skips:
                 warn_once(f"skip{skipped}", f"augmentation: skipped {', '.join(skipped)} (they need RGB input, "
                                             f"in_chans={self.in_chans})")
-            names = op_names(self.ops)
-            registry = IMGAUG_OPS if self.backend == "imgaug" else TORCHVISION_OPS
+            names = [] if saved else op_names(self.ops)
+            registry = REGISTRIES[self.backend]
             state["no_masks"] = [n for n in names if n in registry and not registry.get(n).masks]
             if self.backend == "imgaug":
                 state.update(imgaug_state(built))
+            elif self.backend == "albumentations":
+                state.update(albu_state(built))
             else:
                 from torchvision.transforms import v2
 
@@ -112,6 +118,8 @@ class AugmentTransform:
         try:
             if self.backend == "imgaug":
                 return imgaug_call(state, [image], None if mask is None else [mask])[0]
+            if self.backend == "albumentations":
+                return albu_call(state, image, mask)
             return tv_call(state["pipe"], image, mask)
         except ConfigError:
             raise

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..augment import seed_worker
+from ..augment import resolve_backend, seed_worker
 from ..data import (REPORT, DataSplit, EpochSampler, ReadGuard, Subset, TransformedDataset, build_loader,
                     transform_draft)
 from ..engine import (check_soft_targets, create_ema, create_mixup, create_optimizer, make_scaler, param_groups,
@@ -83,7 +83,8 @@ def backbone_frozen(opts: Options, epoch: int) -> bool:
 
 
 def effective_options(opts: Options) -> Options:
-    """A copy of ``opts`` as the run uses them: dry-run limits applied, ``auto`` task, monitor and workers resolved.
+    """A copy of ``opts`` as the run uses them: dry-run limits applied, ``auto`` task, monitor, workers and
+    augmentation backend resolved.
 
     The caller's object is never changed; the copy is what checkpoints record (``config.yaml`` records it
     without the dry run's reductions, see :func:`as_asked`).
@@ -108,6 +109,8 @@ def effective_options(opts: Options) -> Options:
         raise ConfigError(f"--fast-decode on: --task {task.name} reads masks at full size, which an image decoded at "
                           "reduced scale would not align with; use --fast-decode off (or auto)")
     changes["fast_decode"] = ("on" if task.fast_decode else "off") if opts.fast_decode == "auto" else opts.fast_decode
+    # the library auto picks here, recorded in config.yaml and checkpoints: a resume elsewhere keeps it
+    changes["aug_backend"] = resolve_backend(opts.aug, opts.aug_backend)
     return dataclasses.replace(opts, **changes)
 
 

@@ -70,10 +70,13 @@ def resume_path(opts: Any, run_dir: Path) -> Optional[Path]:
 # how many, the split, the sample order and its batches) and the model. Any other option is this command's: the
 # length (--epochs, --time-limit, --save-every, --early-stop), where and how it runs (--device, --devices,
 # --workers, --amp), logging and pictures, the predict: section (the optimizer's and the schedule's state come
-# from the checkpoint).
+# from the checkpoint). --aug-backend is recorded resolved (auto -> the library that was importable): a resume
+# on a machine where auto would pick another library stops instead of changing the augmentation mid-run.
 RESUME_MUST_MATCH = ("task", "dry_run", "data", "val_data", "val_split", "csv", "image_dir", "image_col",
                      "label_col", "rle_col", "class_col", "rle_order", "seg_mode", "ignore_index", "folds", "group_col",
-                     "seed", "batch_size", "accum_steps", "model", "arch", "img_size", "in_chans")
+                     "seed", "batch_size", "accum_steps", "model", "arch", "img_size", "in_chans", "aug_backend")
+# an unresolved value (an older bundle's checkpoint, or a run without augmentation on either side): not compared
+_UNRESOLVED = {"aug_backend": "auto"}
 
 
 def _norm(key: str, value: Any) -> Any:
@@ -91,7 +94,8 @@ def _option_differences(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]
         return (flag if value else f"no {flag}") if isinstance(value, bool) else f"{flag} {value!r}"
 
     out = {key: f"{show(key, saved[key])} (this run: {show(key, now.get(key))})" for key in RESUME_MUST_MATCH
-           if key in saved and _norm(key, saved[key]) != _norm(key, now.get(key))}
+           if key in saved and not (key in _UNRESOLVED and _UNRESOLVED[key] in (saved[key], now.get(key)))
+           and _norm(key, saved[key]) != _norm(key, now.get(key))}
     if "dry_run" in out:  # its smaller batches follow from it: name the cause only
         out.pop("batch_size", None)
     return list(out.values())
