@@ -176,10 +176,11 @@ def run_inference(iopts: InferOptions, clock: Callable[[], float] = time.perf_co
     plan = plan_ensemble(per_image, len(items), max(1, len(folds)), tta, left)
     log.info("inference: %d test images; %s", len(items), plan.why)
     out_dir = scratch_root() / "kernel-infer"
-    section.pop("submission", None)
+    given_file = section.pop("submission_file", "")
+    section.pop("submission", None)  # an inference kernel always writes the submission
+    # Kaggle scores /kaggle/working/submission.csv; elsewhere the given file, or submission.csv here
     submission = str(working_root() / "submission.csv") if detect_platform() == "kaggle" else \
-        section.pop("submission_file", "") or "submission.csv"
-    section.pop("submission_file", None)
+        given_file or "submission.csv"
     result = predict(checkpoint, inputs, **{**section, "out": section.get("out") or str(out_dir / default_out),
                                             "tta": plan.tta, "sample_submission": sample,
                                             "submission_file": submission,

@@ -34,6 +34,7 @@ go through the same patch (no lower layer is needed).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -45,6 +46,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,7 +281,6 @@ def _framework(wire: str) -> str:
 
 def _upload_record(name: str, body: bytes) -> Dict:
     """What an uploaded blob held: a zip's member names (sorted), or the size of any other file."""
-    import io
     import zipfile
 
     if body[:4] == b"PK\x03\x04":
@@ -298,6 +300,7 @@ def _response(request, status: int, payload):
         resp._content = json.dumps(payload).encode()
         resp.headers["Content-Type"] = "application/json"
     resp.headers["Content-Length"] = str(len(resp._content))
+    resp.raw = io.BytesIO(resp._content)  # a streamed read (kaggle 2.2.5's download_file) gets the same bytes
     return resp
 
 
@@ -430,3 +433,19 @@ class FakeClock:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
     serve(sys.argv[2])
+
+
+@pytest.fixture()
+def fake_kaggle(tmp_path, monkeypatch):
+    """A fixture (import it into the test module). ``start(state) -> state file``: the real CLI on a scripted server, as ``$KERNEL_KAGGLE_CLI``."""
+    servers = []
+
+    def start(state: Dict) -> Path:
+        state_path = fake_kaggle_env(tmp_path, monkeypatch, state)
+        servers.append(CliServer(tmp_path))
+        monkeypatch.setenv("KERNEL_KAGGLE_CLI", str(servers[-1].cli))
+        return state_path
+
+    yield start
+    for server in servers:
+        server.stop()

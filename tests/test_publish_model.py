@@ -17,7 +17,7 @@ from typing import Dict, List
 import pytest
 
 import build
-from kaggle_fake import CliServer, fake_kaggle_env, new_model_state, read_state
+from kaggle_fake import fake_kaggle, new_model_state, read_state  # noqa: F401 (a fixture)
 from kernel import packer
 from kernel.packer.kaggle_models import publish as publish_fn
 from kernel.packer.kaggle_models import resolve_owner
@@ -56,22 +56,6 @@ def make_project(root: Path, owner: str = "alice") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "kernel-metadata.json").write_text(json.dumps({"id": f"{owner}/kernel-train", "title": "kernel-train"}))
     return root
-
-
-@pytest.fixture()
-def fake_kaggle(tmp_path, monkeypatch):
-    """``start(state) -> state file``: the real CLI on a scripted server, as ``$KERNEL_KAGGLE_CLI``."""
-    servers = []
-
-    def start(state: Dict) -> Path:
-        state_path = fake_kaggle_env(tmp_path, monkeypatch, state)
-        servers.append(CliServer(tmp_path))
-        monkeypatch.setenv("KERNEL_KAGGLE_CLI", str(servers[-1].cli))
-        return state_path
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def publish(tmp_path: Path, run: Path, *flags: str) -> int:

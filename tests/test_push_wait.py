@@ -17,7 +17,7 @@ import pytest
 from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
 
 import build
-from kaggle_fake import CliServer, FakeClock, fake_kaggle_env, kaggle_log, make_project, new_state, read_state
+from kaggle_fake import FakeClock, fake_kaggle, kaggle_log, make_project, new_state, read_state  # noqa: F401 (a fixture)
 from kernel import packer
 
 KERNEL = "alice/kernel-train"
@@ -31,22 +31,6 @@ def summary(**extra) -> str:
 def version(statuses: List[str], files: Optional[Dict[str, str]] = None, log: Optional[List[str]] = None,
             failure: str = "") -> Dict:
     return {"statuses": statuses, "files": files or {}, "log": kaggle_log(log or ["started"]), "failure": failure}
-
-
-@pytest.fixture()
-def fake_kaggle(tmp_path, monkeypatch):
-    """``start(state) -> state file``: the real CLI on a scripted server, as ``$KERNEL_KAGGLE_CLI``."""
-    servers = []
-
-    def start(state: Dict) -> Path:
-        state_path = fake_kaggle_env(tmp_path, monkeypatch, state)
-        servers.append(CliServer(tmp_path))
-        monkeypatch.setenv("KERNEL_KAGGLE_CLI", str(servers[-1].cli))
-        return state_path
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def build_push_wait(tmp_path, monkeypatch, start, state: Dict, *flags: str):

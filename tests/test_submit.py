@@ -17,29 +17,13 @@ import pytest
 import yaml
 
 import build
-from kaggle_fake import (CliServer, FakeClock, fake_kaggle_env, kaggle_log, make_project, new_competition_state,
+from kaggle_fake import (FakeClock, fake_kaggle, kaggle_log, make_project, new_competition_state,  # noqa: F401
                          new_state, read_state)
 from kernel import packer
 
 KERNEL = "alice/kernel-train"
 COMP = "dogs-vs-cats"
 SUBMISSION = "id,label\n1,0.9\n2,0.1\n"
-
-
-@pytest.fixture()
-def fake_kaggle(tmp_path, monkeypatch):
-    """``start(state) -> state file``: the real CLI on a scripted server, as ``$KERNEL_KAGGLE_CLI``."""
-    servers = []
-
-    def start(state: Dict) -> Path:
-        state_path = fake_kaggle_env(tmp_path, monkeypatch, state)
-        servers.append(CliServer(tmp_path))
-        monkeypatch.setenv("KERNEL_KAGGLE_CLI", str(servers[-1].cli))
-        return state_path
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def run_outputs(best: float = 0.875, lr: float = 0.01, **options) -> Dict[str, str]:
@@ -164,16 +148,15 @@ def test_a_scoring_error_exits_1_and_is_kept_in_the_ledger(tmp_path, monkeypatch
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "submission.csv").write_text(SUBMISSION)
-    error = "Submission Scoring Error: 2 rows, 5 expected"
+    error = "Submission Scoring Error:\n2 rows, 5 expected"  # on two lines: the client indents the second
     state_path = fake_kaggle(new_competition_state(COMP, [scored(["PENDING", "ERROR"], error=error)]))
     rc, _ = main(tmp_path, monkeypatch, "--submit", COMP, "--submission-file", str(folder / "submission.csv"))
     out = capsys.readouterr().out
     assert rc == 1, out
     assert "[  0m10s] submission 50001: error" in out
-    # kaggle 2.2.4 prints no error description (the listing has none; `competitions submission REF` is 2.2.5's):
-    # the message says so and where to read it. test_error_text_reads_the_newer_client shows the other case.
+    # Kaggle's own error description, read by the real client (`kaggle competitions submission REF`, 2.2.5)
     (line,) = [line for line in out.splitlines() if line.startswith("Submission 50001 failed to score: ")]
-    assert f"https://www.kaggle.com/competitions/{COMP}/submissions" in line
+    assert line == "Submission 50001 failed to score: Submission Scoring Error: 2 rows, 5 expected"
     (row,) = ledger_rows(tmp_path)
     assert row["status"] == "error" and row["error"] in line and row["public"] == ""
     assert competition(state_path)["submissions"][0]["content"] == SUBMISSION
@@ -196,8 +179,8 @@ def test_no_submission_left_is_refused_before_anything_is_sent(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("refuse, said", [
-    ("submit", "competition not accepting submissions"),  # a 404: 2.2.4 prints Kaggle's message, exits 1
-    ("upload", "Could not submit to competition"),  # a failed upload: 2.2.4 prints this and exits 0
+    ("submit", "competition not accepting submissions"),  # a 404: the client prints Kaggle's message, exits 1
+    ("upload", "Could not submit to competition"),  # a failed upload: the client prints this and exits 0
 ])
 def test_a_refused_submit_is_an_error_whatever_the_exit_status(tmp_path, monkeypatch, capsys, fake_kaggle, refuse,
                                                                 said):
@@ -210,7 +193,7 @@ def test_a_refused_submit_is_an_error_whatever_the_exit_status(tmp_path, monkeyp
     assert rc == 2
     assert said in captured.out  # the client's own words, echoed
     err = captured.err.strip()
-    assert "\n" not in err and f"`kaggle competitions submit {COMP}` failed ({said}" in err
+    assert "\n" not in err and f"`kaggle competitions submit {COMP}` failed (" in err and said in err
     assert competition(state_path)["submissions"] == [] and not (tmp_path / "outputs" / COMP).exists()
 
 
@@ -262,12 +245,11 @@ def scripted(answers: Dict[str, str], returncode: int = 0):
     return kaggle, seen
 
 
-def test_error_text_reads_the_newer_client():
-    """kaggle 2.2.5's `competitions submission REF` block (its _print_submission format), error on two lines."""
-    block = ("Submission Ref:  50001\nStatus:          ERROR\nError:           Submission Scoring Error:\n"
-             "                 2 rows, 5 expected\nPublic Score:    \nDescription:     x [ab]\n")
-    kaggle, seen = scripted({"competitions submission": block})
-    assert packer.error_text(kaggle, "50001", COMP) == "Submission Scoring Error: 2 rows, 5 expected"
+def test_error_text_says_where_to_read_it_when_the_client_shows_none():
+    """An older client (2.2.4 has no `competitions submission REF`: argparse refuses it) prints no description."""
+    kaggle, seen = scripted({}, returncode=2)
+    text = packer.error_text(kaggle, "50001", COMP)
+    assert f"https://www.kaggle.com/competitions/{COMP}/submissions" in text and "2.2.5" in text
     assert seen == [("competitions", "submission", "50001")]
 
 

@@ -244,6 +244,7 @@ def plan(config_path: Optional[Path] = None, *, project: Path, owner: Optional[s
     config = read_config(config_path)
     cfg_where = f"config {config_path.name}" if config_path else "config"
     section = config.pop("kaggle", None) or {}
+    training_id = kmeta_t.get("id")  # before an inference kernel takes its own id
     if inference and isinstance(section, dict) and isinstance(kmeta_t.get("id"), str):
         kmeta_t = dict(kmeta_t, id=inference_id(kmeta_t["id"], section))
         if "title" not in section:
@@ -253,7 +254,6 @@ def plan(config_path: Optional[Path] = None, *, project: Path, owner: Optional[s
         dmeta["id"] = "/".join([owner, *dmeta["id"].split("/")[1:]])
     validate_kernel_metadata(kmeta, problems, "kernel-metadata.json" + (f" (with {cfg_where} kaggle:)" if section else ""))
     validate_dataset_metadata(dmeta, problems)
-    training_id = _read_json(project / "kernel-metadata.json", "kernel metadata").get("id")
     if inference and owner and isinstance(training_id, str):
         training_id = "/".join([owner, *training_id.split("/")[1:]])
     if inference and kmeta.get("id") == training_id:

@@ -1,18 +1,19 @@
 """Submitting to a competition with the official ``kaggle`` CLI and waiting for the score.
 
-Client 2.2.x, read from its source:
+Client 2.2.5 (the pinned one), read from its source:
 
 - ``kaggle competitions submission-limits COMP --json`` prints ``ApiSubmissionLimits`` as JSON with its zero
   fields left out (``numToday``, ``numTotal``, ``numAllowedNow``, ``limitedByTotal``); all zeros means the user
   is on no team of the competition yet (rules not accepted).
 - ``kaggle competitions submit COMP -f FILE -m MSG`` (a file) or ``... -k owner/slug -v N -f submission.csv -m MSG``
-  (a code competition: the kernel version's output file) prints the server's message. 2.2.4 prints no submission
-  ref and exits 0 after a 404 ("Could not find competition ...") or a failed upload ("Could not submit to
-  competition"); 2.2.5 prints ``Submission ref: N``. So the exit status is never trusted alone: a short unique
-  token goes at the end of the message and the submission is looked up by it.
+  (a code competition: the kernel version's output file) prints the server's message and ``Submission ref: N``.
+  2.2.4 printed no ref, and both exit 0 after a failed upload ("Could not submit to competition"). So the exit
+  status is never trusted alone: a short unique token goes at the end of the message, and a submission whose ref
+  was not printed is looked up by it.
 - ``kaggle competitions submissions COMP --csv`` lists ``ref,fileName,date,description,status,publicScore,
   privateScore`` newest first, ``status`` as ``SubmissionStatus.PENDING|COMPLETE|ERROR`` and a missing score as
-  ``None``. It has no error description: that needs ``kaggle competitions submission REF`` (2.2.5 and later).
+  ``None``. It has no error description: ``kaggle competitions submission REF`` (2.2.5 on) prints it, as an
+  ``Error:`` row whose further lines are indented.
 """
 from __future__ import annotations
 
@@ -51,12 +52,16 @@ def _text(proc) -> str:
 
 
 def _last_line(text: str, fallback: str) -> str:
-    """The line that says what went wrong: one with a known failure mark, else the last one that is not a progress
-    bar (the client's upload prints tqdm bars, ``\\r``-separated)."""
+    """The line that says what went wrong: the last one with a known failure mark (with the ``Error: ...`` line
+    after it, where 2.2.5 puts Kaggle's own words), else the last one that is not a progress bar (the client's
+    upload prints tqdm bars, ``\\r``-separated)."""
     lines = [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
     lines = [line for line in lines if not re.search(r"\d+%\|", line)]
-    marked = [line for line in lines if any(mark in line.lower() for mark in FAILED_MARKS)]
-    return (marked or lines or [fallback])[-1]
+    marked = [i for i, line in enumerate(lines) if any(mark in line.lower() for mark in FAILED_MARKS)]
+    if not marked:
+        return (lines or [fallback])[-1]
+    i = marked[-1]
+    return " ".join(lines[i:i + 2]) if lines[i + 1:i + 2] and lines[i + 1].startswith("Error:") else lines[i]
 
 
 def check_limits(kaggle: KaggleRun, competition: str) -> int:
@@ -91,7 +96,7 @@ def submit(kaggle: KaggleRun, competition: str, *, file: Optional[Path] = None, 
     A failure the client reports (exit status, or its "could not ..." lines that exit 0) raises BuildError.
     """
     token = token or secrets.token_hex(4)
-    sent = f"{message} [{token}]"  # the token finds this submission in the listing: 2.2.4 prints no ref
+    sent = f"{message} [{token}]"  # the token finds this submission in the listing when no ref was printed
     if kernel is not None:
         if version is None:
             raise BuildError(f"--submit: a code submission needs the version of {kernel}; the push output did not "
@@ -156,9 +161,8 @@ def error_text(kaggle: KaggleRun, ref: str, competition: str) -> str:
     found = re.search(r"^\s*Error:\s*(.+?)(?=^\s*Public Score:|\Z)", proc.stdout or "", re.M | re.S)
     if proc.returncode == 0 and found:
         return " ".join(found.group(1).split())
-    return (f"the installed kaggle client does not show Kaggle's error description (2.2.5 does: `kaggle "
-            f"competitions submission {ref}`); read it at "
-            f"https://www.kaggle.com/competitions/{competition}/submissions")
+    return (f"the kaggle client printed no error description (`kaggle competitions submission {ref}` needs kaggle "
+            f"2.2.5 or later); read it at https://www.kaggle.com/competitions/{competition}/submissions")
 
 
 def wait_for_score(kaggle: KaggleRun, competition: str, sent: Submitted, *, timeout_s: float = 1800.0,
@@ -175,8 +179,8 @@ def wait_for_score(kaggle: KaggleRun, competition: str, sent: Submitted, *, time
         row = find_submission(list_submissions(kaggle, competition), sent.ref, sent.token)
         if row is None:
             raise BuildError(f"--submit: the submission \"{sent.message}\" is not in `kaggle competitions submissions "
-                             f"{competition}`: it was not made (kaggle 2.2.4 exits 0 after a 404 or a failed "
-                             f"upload); see the submit output above")
+                             f"{competition}`: it was not made (the kaggle client exits 0 after a failed upload); see the "
+                             f"submit output above")
         if shown is None:
             found(row)
         sent.ref = row["ref"]

@@ -104,8 +104,7 @@ def _labels_per_value(values: Sequence[str]) -> int:
     return counts.most_common(1)[0][0] if counts else 1
 
 
-def _one_column(choice: SubmitChoice, values: Sequence[str], classes: Sequence[str], multilabel: bool,
-                binary: bool) -> Tuple[str, str]:
+def _one_column(choice: SubmitChoice, values: Sequence[str], multilabel: bool, binary: bool) -> Tuple[str, str]:
     """(mode, why) for a submission with one target column."""
     if choice.submit_as != "auto":
         return choice.submit_as, f"--submit-as {choice.submit_as}"
@@ -136,7 +135,7 @@ def choose_format(header: Sequence[str], values: Sequence[str], classes: Sequenc
             raise ConfigError(f"--submit-as {choice.submit_as}: the sample submission has a column per class, which "
                               "holds probabilities; use --submit-as prob (or auto)")
         return SubmitFormat("probs", why="a column per class: the probability of each")
-    mode, why = _one_column(choice, values, names, multilabel, binary)
+    mode, why = _one_column(choice, values, multilabel, binary)
     if mode == "prob":
         if not binary and not (multilabel and len(names) == 1):
             if values:
