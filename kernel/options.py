@@ -107,6 +107,17 @@ class Options:
     aug_backend: str = _opt("auto", "augmentation library (auto: the fastest installed one, imgaug, albumentations, "
                                     "then torchvision; saved with the run)", "data",
                             choices=FromRegistry("aug_backends"))
+    cache: str = _opt("auto", "decoded-image cache: each training and validation image decoded and pre-resized "
+                              "once, read back every later epoch (disk: a scratch folder, /kaggle/temp on Kaggle; "
+                              "ram: shared memory); auto: disk when the run has more than one epoch and it fits",
+                      "data", choices=("auto", "off", "ram", "disk"))
+    cache_dir: str = _opt("", "folder of the decoded-image cache (default: the platform's scratch space)", "data",
+                          metavar="DIR")
+    cache_limit: float = _opt(0.0, "largest decoded-image cache in GB (0: the free space of its folder less 1 GB); "
+                                   "a cache that would not fit is skipped, in one line", "data", metavar="GB")
+    cache_export: str = _opt("", "at the end, copy the decoded-image cache to DIR, a folder to upload as a dataset: "
+                                 "later runs with it attached read it instead of decoding again", "data",
+                             metavar="DIR")
     # model
     model: str = _opt("resnet18", "timm name (resnet34, convnext_tiny, ...) or tv:NAME for torchvision; for "
                                   "segmentation the encoder (smp or timm name)", "model")

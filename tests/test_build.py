@@ -52,6 +52,7 @@ TRAIN_CONFIG = {
     "resume": "auto",
     "name": "exp",
     "loss": "my_losses.py:smooth_ce",  # a user module, embedded as kernel_user.my_losses
+    "cache": "disk",  # the decoded-image cache: written to scratch space (/kaggle/temp) only
 }
 
 USER_LOSSES = '''\
@@ -331,7 +332,7 @@ def _run_on_kaggle(dist: Path, tmp_path: Path, data_slug: str, write_data: Calla
     mounted in ``layout``, /kaggle/src/script.py run with no arguments, ``hide`` modules missing from the image.
     Returns the log and the folders, and the inputs' digest before the run; the run must succeed."""
     kaggle = tmp_path / "kaggle"
-    inputs, working, src = kaggle / "input", kaggle / "working", kaggle / "src"
+    inputs, working, src, temp = kaggle / "input", kaggle / "working", kaggle / "src", kaggle / "temp"
     mount = (lambda slug: inputs / "datasets" / OWNER / slug) if layout == "new" else (lambda slug: inputs / slug)
     code_ds, data_ds = mount("kernel-code"), mount(data_slug)
     # What Kaggle mounts for the code dataset: the uploaded files, zips unpacked (no metadata file).
@@ -342,12 +343,13 @@ def _run_on_kaggle(dist: Path, tmp_path: Path, data_slug: str, write_data: Calla
     shutil.copy(dist / "kernel" / "train.py", src / "script.py")  # Kaggle runs /kaggle/src/script.py
     before = digest(inputs)
     env = _isolated_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", KERNEL_KAGGLE_INPUT=str(inputs),
-                        KERNEL_KAGGLE_WORKING=str(working), TEST_HIDE=hide, **env)
+                        KERNEL_KAGGLE_WORKING=str(working), KERNEL_KAGGLE_TEMP=str(temp), TEST_HIDE=hide, **env)
     proc = subprocess.run([sys.executable, str(src / "script.py")], cwd=cwd or tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    return SimpleNamespace(log=log, inputs=inputs, inputs_before=before, working=working, src=src, code_ds=code_ds)
+    return SimpleNamespace(log=log, inputs=inputs, inputs_before=before, working=working, src=src, code_ds=code_ds,
+                           temp=temp)
 
 
 @pytest.mark.parametrize("layout", ["new", "old"])
@@ -365,6 +367,11 @@ def test_kaggle_run(packed, tmp_path, layout):
     assert list(run_dir.glob("*.log")) or (run_dir / "metrics.csv").is_file()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["loss"] == "kernel_user.my_losses:smooth_ce" and saved["aug_backend"] == "imgaug"
+    # The decoded-image cache is in scratch space, and nowhere in the kept output
+    shards = list(k.temp.glob("kernel-cache-*/v1-*/*.bin"))
+    assert shards and all(s.stat().st_size > 0 for s in shards)
+    assert json.loads((run_dir / "summary.json").read_text())["cache"]["dir"][0].startswith(str(k.temp))
+    assert not [p for p in working.rglob("*") if p.suffix in (".bin", ".idx")]
     # Nothing anywhere else.
     assert digest(k.inputs) == k.inputs_before, "the input tree changed"
     assert not list(cwd.iterdir()), "files were written to the working directory"

@@ -105,11 +105,24 @@ class AugmentTransform:
                 raise ConfigError(f"augmentation: mask must be (H, W) integer matching image {image.shape[:2]}, "
                                   f"got {mask.shape} {mask.dtype}")
             mask = mask.astype(np.int32, copy=False)  # imgaug segmaps accept int8/16/32 only
-        resize = resize_exact if self.fit == "resize" else resize_shorter
-        out = resize(image, mask, self.resize_to, self.interpolation)
+        out = self.presize(image, mask)
         if out[0] is image and self.backend == "imgaug":  # imgaug may augment in place: never the caller's array
             out = (image.copy(), out[1])
         return out
+
+    def presize(self, image: np.ndarray, mask: Optional[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """The first resize alone (the decoded-image cache stores its result): (H, W, C) [+ (H, W)] to the shorter
+        side ``resize_to`` (fit "crop") or exactly ``resize_to`` (fit "resize"); the identity on an image already
+        at that size, so a presized image goes through :meth:`__call__` exactly as the original would."""
+        resize = resize_exact if self.fit == "resize" else resize_shorter
+        return resize(image, mask, self.resize_to, self.interpolation)
+
+    def presized_shape(self, h: int, w: int) -> Tuple[int, int]:
+        """(H, W) of an (h, w) image after :meth:`presize`, without resizing it (the cache's size estimate)."""
+        if self.fit == "resize":
+            return self.resize_to
+        scale = self.resize_to / min(h, w)
+        return max(self.resize_to, int(round(h * scale))), max(self.resize_to, int(round(w * scale)))
 
     def _augment(self, state: dict, image: np.ndarray, mask: Optional[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         if mask is not None and state["no_masks"]:

@@ -47,7 +47,10 @@ def source_path(source: Any, i: int) -> str:
 
 
 def read_error(e: BaseException) -> str:
-    """Why a file could not be read, in one short line (``OSError: image file is truncated``)."""
+    """Why a file could not be read, in one short line (``OSError: image file is truncated``); an error that
+    carries a ``reason`` (the cache's record of a file found unreadable before) says that one again."""
+    if isinstance(getattr(e, "reason", None), str):
+        return e.reason
     text = " ".join(str(e).split()) or type(e).__name__
     return f"{type(e).__name__}: {text}"[:200]
 

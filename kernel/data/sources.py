@@ -100,8 +100,15 @@ class FolderSource:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> Tuple[np.ndarray, int, None]:
-        path, target = self.samples[i]
-        return load_image(path, self.in_chans), target, None
+        return load_image(self.samples[i][0], self.in_chans), self.target(i), None
+
+    def target(self, i: int) -> int:
+        """Sample ``i``'s class index (no file is read)."""
+        return self.samples[i][1]
+
+    def files(self, i: int) -> List[str]:
+        """The files behind sample ``i`` (the decoded-image cache's key)."""
+        return [self.samples[i][0]]
 
     def path(self, i: int) -> str:
         return self.samples[i][0]
@@ -153,12 +160,20 @@ class CsvSource:
         return hot
 
     def __getitem__(self, i: int) -> Tuple[np.ndarray, Any, None]:
-        path, target = self.samples[i]
-        if self.multilabel:  # multi-hot float target (C,)
+        return load_image(self.samples[i][0], self.in_chans), self.target(i), None
+
+    def target(self, i: int) -> Any:
+        """Sample ``i``'s class index, or its multi-hot float (C,) labels for multi-label data (no file is read)."""
+        target = self.samples[i][1]
+        if self.multilabel:
             hot = torch.zeros(len(self.classes))
             hot[target] = 1.0
-            target = hot
-        return load_image(path, self.in_chans), target, None
+            return hot
+        return target
+
+    def files(self, i: int) -> List[str]:
+        """The files behind sample ``i`` (the decoded-image cache's key)."""
+        return [self.samples[i][0]]
 
     def path(self, i: int) -> str:
         return self.samples[i][0]
@@ -176,6 +191,14 @@ class Subset:
 
     def __getitem__(self, i: int) -> Any:
         return self.source[self.indices[i]]
+
+    def target(self, i: int) -> Any:
+        return self.source.target(self.indices[i])
+
+    def files(self, i: int) -> Optional[List[str]]:
+        """The files behind sample ``i``; None when the source has none (generated data)."""
+        fn = getattr(self.source, "files", None)
+        return fn(self.indices[i]) if callable(fn) else None
 
     def path(self, i: int) -> str:
         fn = getattr(self.source, "path", None)

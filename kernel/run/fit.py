@@ -116,6 +116,8 @@ def fit(p: Prepared, state: FitState, reporter: EpochReporter, control: StopCont
             break
         row, val = outcome.row, outcome.val
         _check_bad_images(p, epoch)
+        if p.cache is not None:
+            p.cache.end_epoch(epoch)
         metric = row[o.monitor]
         p.schedule.step_epoch(metric)
         improved = state.best is None or (metric > state.best if maximize else metric < state.best)
@@ -163,6 +165,10 @@ def finish(p: Prepared, state: FitState, wall_time: float) -> Dict[str, Any]:
                "version": __version__}
     if state.stopped:
         summary.update(stopped=state.stopped, epoch=state.start_epoch, step=state.batch)
+    if p.cache is not None:
+        summary["cache"] = p.cache.summary()
+        if p.opts.cache_export:
+            p.cache.export(p.opts.cache_export)
     if world().main:
         write_json(summary, p.run_dir / "summary.json")
     if state.stopped in ("time_limit", "signal"):

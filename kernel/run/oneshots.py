@@ -59,7 +59,7 @@ def _preview_lr(opts: Options) -> Dict[str, Any]:
     task = get_task(opts.task)
     split = prepare_data(opts, task)
     model, dcfg = prepare_model(opts, task, split)
-    train_loader, _, _ = prepare_loaders(opts, task, split, dcfg, resolve_device(opts.device))
+    train_loader = prepare_loaders(opts, task, split, dcfg, resolve_device(opts.device)).train
     _, optimizer, schedule, spe = prepare_optimization(opts, task, split, model, len(train_loader))
     path = run_dir_of(opts) / "lr.png"
     rows = preview_lr(schedule, optimizer, epochs=opts.epochs, steps_per_epoch=spe, path=str(path))
@@ -119,7 +119,8 @@ def _find_lr(opts: Options) -> Dict[str, Any]:
     task, device = get_task(opts.task), resolve_device(opts.device)
     split = prepare_data(opts, task)
     model, dcfg = prepare_model(opts, task, split)
-    train_loader, _, sampler = prepare_loaders(opts, task, split, dcfg, device)
+    loaders = prepare_loaders(opts, task, split, dcfg, device)
+    train_loader, sampler = loaders.train, loaders.sampler
     sampler.set_epoch(1)
     loss_fn, optimizer, _, _ = prepare_optimization(opts, task, split, model, len(train_loader))
     model.to(device)

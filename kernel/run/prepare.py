@@ -35,10 +35,11 @@ from ..errors import ConfigError
 from ..registry import parse_kwargs
 from ..schedule import LRSchedule, create_scheduler
 from ..tasks import Task, detect_task, get_task
+from .caching import RunCache, open_caches
 from .kfold import fold_number, plan_folds, run_root, split_for_fold
 
 __all__ = ["DRY_RUN", "Prepared", "hw", "backbone_frozen", "effective_options", "as_asked", "dry_run_reductions",
-           "seed_everything", "run_dir_of", "read_guard", "prepare_data", "prepare_model", "prepare_loaders",
+           "seed_everything", "run_dir_of", "read_guard", "prepare_data", "prepare_model", "Loaders", "prepare_loaders",
            "prepare_optimization", "prepare_mixing", "prepare"]
 
 log = logging.getLogger("kernel")
@@ -69,6 +70,7 @@ class Prepared:
     mix: Any = None             # timm Mixup (--mixup, --cutmix, --label-smoothing) or None
     ema: Any = None             # timm ModelEmaV3 (--ema) or None; .module is the average
     frozen: Optional[bool] = None  # the backbone's state when train_model was built
+    cache: Optional[RunCache] = None  # the decoded-image cache (--cache), None when uncached
 
 
 
@@ -193,17 +195,33 @@ def read_guard(opts: Options, total: int) -> ReadGuard:
                      floor=opts.bad_images_floor, total=total)
 
 
+@dataclass
+class Loaders:
+    """This process's share of the data: the training and validation loaders, the training sampler, and the
+    decoded-image cache they read through (None: uncached)."""
+
+    train: Any
+    val: Any
+    sampler: EpochSampler
+    cache: Optional[RunCache] = None
+
+
 def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str, Any],
-                    device: torch.device) -> Tuple[Any, Any, EpochSampler]:
-    """(train loader, validation loader, the training sampler): this process's share of the data.
+                    device: torch.device, cache: bool = False) -> Loaders:
+    """The training and validation loaders; ``cache``: read through ``--cache`` (a whole run; the one-shot
+    commands read each image once and leave it off).
 
     The order depends only on (seed, epoch) and each sample's augmentation on (seed, epoch, index), so
-    the result is the same for any worker count, process count or resume point.
+    the result is the same for any worker count, process count or resume point; the cache changes no pixel.
     """
     total = len(split.train) + len(split.val)
+    transforms = {kind: task.transform(opts, dcfg, train=kind == "train") for kind in ("train", "val")}
+    run_cache = open_caches(opts, split, transforms) if cache else None
 
     def dataset(source: Any, train: bool) -> TransformedDataset:
-        transform = task.transform(opts, dcfg, train=train)
+        transform = transforms["train" if train else "val"]
+        if run_cache is not None:  # below the guard: a bad file is stored as bad, never as its replacement
+            source = run_cache.wrap(source, transform, opts)
         return TransformedDataset(source, transform, guard=read_guard(opts, total), mask_target=task.target(split),
                                   seed=opts.seed if train else None, draft=transform_draft(transform, opts.fast_decode))
 
@@ -214,7 +232,9 @@ def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str,
     loaders = [build_loader(dataset(source, train), batch_size=opts.batch_size, workers=opts.workers, device=device,
                             sampler=sampler, worker_init_fn=seed_worker, seed=opts.seed, collate_fn=task.collate)
                for (source, train), sampler in zip(((split.train, True), (split.val, False)), samplers)]
-    return loaders[0], loaders[1], samplers[0]
+    if run_cache is not None:  # what an epoch reads, every process together (drop_last leaves a few out)
+        run_cache.reads_per_epoch = (len(samplers[0]) + len(samplers[1])) * w.size
+    return Loaders(loaders[0], loaders[1], samplers[0], run_cache)
 
 
 def prepare_optimization(opts: Options, task: Task, split: DataSplit, model: nn.Module,
@@ -264,8 +284,8 @@ def prepare(opts: Options, new_folds: bool = False) -> Prepared:
              task.name)
     split = prepare_data(opts, task, new_folds)
     model, dcfg = prepare_model(opts, task, split)
-    train_loader, val_loader, sampler = prepare_loaders(opts, task, split, dcfg, device)
-    loss_fn, optimizer, schedule, spe = prepare_optimization(opts, task, split, model, len(train_loader))
+    loaders = prepare_loaders(opts, task, split, dcfg, device, cache=True)
+    loss_fn, optimizer, schedule, spe = prepare_optimization(opts, task, split, model, len(loaders.train))
     mix = prepare_mixing(opts, task, split, loss_fn)
     amp_dtype = resolve_amp_dtype(device, opts.amp, opts.amp_dtype)
     scaler = make_scaler(device, amp_dtype)
@@ -281,6 +301,6 @@ def prepare(opts: Options, new_folds: bool = False) -> Prepared:
     if ema is not None:
         log.info("EMA of the weights (decay %g): validation, best.pt and model.safetensors use it", opts.ema)
     return Prepared(opts=opts, task=task, device=device, run_dir=run_dir_of(opts), split=split, model=model,
-                    train_model=None, dcfg=dcfg, train_loader=train_loader, val_loader=val_loader,
-                    train_sampler=sampler, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
+                    train_model=None, dcfg=dcfg, train_loader=loaders.train, val_loader=loaders.val,
+                    train_sampler=loaders.sampler, cache=loaders.cache, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
                     steps_per_epoch=spe, amp_dtype=amp_dtype, scaler=scaler, mix=mix, ema=ema)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -79,7 +79,15 @@ class NumericCsvSource:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Tuple[np.ndarray, torch.Tensor, None]:
-        return load_image(self.paths[i], self.in_chans), torch.tensor(self.values[i], dtype=torch.float32), None
+        return load_image(self.paths[i], self.in_chans), self.target(i), None
+
+    def target(self, i: int) -> torch.Tensor:
+        """Sample ``i``'s targets, float32 (T,) (no file is read)."""
+        return torch.tensor(self.values[i], dtype=torch.float32)
+
+    def files(self, i: int) -> List[str]:
+        """The files behind sample ``i`` (the decoded-image cache's key)."""
+        return [self.paths[i]]
 
     def column(self, name: str, option: str) -> List[str]:
         return csv_column(self._rows, name, option)
@@ -131,6 +139,13 @@ class Standardized:
     def __getitem__(self, i: int) -> Tuple[np.ndarray, torch.Tensor, None]:
         image, y, _ = self.source[i]
         return image, (y - self.mean) / self.std, None
+
+    def target(self, i: int) -> torch.Tensor:
+        return (self.source.target(i) - self.mean) / self.std
+
+    def files(self, i: int) -> Optional[List[str]]:
+        fn = getattr(self.source, "files", None)
+        return fn(i) if callable(fn) else None
 
     def column(self, name: str, option: str) -> List[str]:
         return self.source.column(name, option)

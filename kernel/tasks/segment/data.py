@@ -145,6 +145,13 @@ class SegFolderSource:
     def path(self, i: int) -> str:
         return str(self.pairs[i][0])
 
+    def target(self, i: int) -> None:
+        return None  # the mask is the target
+
+    def files(self, i: int) -> List[str]:
+        """The image and mask files of sample ``i`` (the decoded-image cache's key)."""
+        return [str(p) for p in self.pairs[i]]
+
     def __getitem__(self, i: int) -> Tuple[np.ndarray, None, np.ndarray]:
         img_path, mask_path = self.pairs[i]  # sizes were checked by the scan
         return load_image(img_path, self.in_chans), None, read_mask(mask_path, self.colors).astype(np.int32)
@@ -237,6 +244,13 @@ class RleCsvSource:
 
     def path(self, i: int) -> str:
         return self.samples[i][1]
+
+    def target(self, i: int) -> None:
+        return None  # the mask is the target
+
+    def files(self, i: int) -> List[str]:
+        """The image of sample ``i`` and the CSV its masks come from (the decoded-image cache's key)."""
+        return [self.samples[i][1], str(self.csv_path)]
 
     def __getitem__(self, i: int) -> Tuple[np.ndarray, None, np.ndarray]:
         ident, path, runs = self.samples[i]
