@@ -1,18 +1,21 @@
-"""Loader-only throughput (no model): images per second from JPEG folders to normalized 224 px batches.
+"""Loader-only throughput (no model): images per second from JPEG folders to normalized 224 px training batches.
 
 Run from the repository root:  python bench/input.py [--images 200] [--repeats 3] [--json OUT]
 
 It writes two ImageFolder trees of photographic JPEGs (quality 90): about 500x375 (a phone photo scaled for the
 web) and 1024x1024 (a competition's full-size image), then times one pass of each loader over each tree, 2 worker
 processes, batch 32, side by side in one run with the rounds interleaved (A, B, C, A, B, C...) and the median
-reported:
+reported. Every loader does the same work: decode, resize the shorter side to 256, random 224 crop, random
+horizontal flip (the ``light`` preset), float and normalize.
 
-- ``plain``: ``torchvision.datasets.ImageFolder`` + ``DataLoader`` with the v2 transforms our evaluation-style
-  preprocessing equals (Resize shorter side 256, CenterCrop 224, ToDtype, Normalize);
+- ``plain``: ``torchvision.datasets.ImageFolder`` + ``DataLoader`` with the equivalent v2 transforms (Resize 256,
+  RandomCrop 224, RandomHorizontalFlip, ToDtype, Normalize) in the workers;
 - ``ours``: the bundle's real training loader (``kernel.run.prepare.prepare_loaders``: the folder source, the
-  unreadable-file guard, per-sample seeding, ``--aug none``), with ``--fast-decode off`` and ``on``.
-
-The decoded-image cache (issue 23 part 1) is not built yet, so there is no cached row.
+  unreadable-file guard, per-sample seeding, ``--aug light`` on each backend), uncached (a first epoch) and
+  reading the decoded-image cache (every later epoch: the cache is built by one untimed pass first), with
+  ``--fast-decode off`` unless the row says ``on``. Its workers hand over uint8 batches (``--uint8-batches``);
+  the float conversion and normalization then run where the training device is, here the main process's CPU,
+  inside the timed pass (on a GPU they would leave the CPUs altogether).
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ def plain_loader(root: Path, workers: int) -> Tuple[Callable[[], int], int]:
     from torchvision import datasets
     from torchvision.transforms import v2
 
-    t = v2.Compose([v2.ToImage(), v2.Resize(256, antialias=True), v2.CenterCrop(224),
+    t = v2.Compose([v2.ToImage(), v2.Resize(256, antialias=True), v2.RandomCrop(224), v2.RandomHorizontalFlip(),
                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     ds = datasets.ImageFolder(str(root), transform=t)
 
@@ -70,15 +73,19 @@ def plain_loader(root: Path, workers: int) -> Tuple[Callable[[], int], int]:
     return epoch, len(ds)
 
 
-def our_loader(root: Path, workers: int, fast_decode: str) -> Tuple[Callable[[], int], int]:
+def our_loader(root: Path, workers: int, backend: str, fast_decode: str = "off",
+               cache_dir: str = "") -> Tuple[Callable[[], int], int]:
+    """One pass of our training loader (``cache_dir``: read through a decoded-image cache there, built first)."""
     import torch
 
     from kernel.options import Options
     from kernel.run.prepare import effective_options, prepare_loaders
     from kernel.tasks import get_task
 
-    opts = effective_options(Options(data=str(root), val_data=str(root), img_size=224, model="resnet18", aug="none",
-                                     workers=workers, batch_size=32, device="cpu", fast_decode=fast_decode))
+    opts = effective_options(Options(data=str(root), val_data=str(root), img_size=224, model="resnet18", aug="light",
+                                     aug_backend=backend, workers=workers, batch_size=32, device="cpu", epochs=2,
+                                     fast_decode=fast_decode, cache="disk" if cache_dir else "off",
+                                     cache_dir=cache_dir))
     task = get_task(opts.task)
     split = task.build_data(opts)
     dcfg = {**task.data_config(task.create_model(opts, split, "none"), opts), "mean": MEAN, "std": STD,
@@ -86,11 +93,13 @@ def our_loader(root: Path, workers: int, fast_decode: str) -> Tuple[Callable[[],
     state = {"epoch": 0}
 
     def epoch() -> int:
-        train, _, sampler = prepare_loaders(opts, task, split, dcfg, torch.device("cpu"))
-        sampler.set_epoch(state["epoch"])
+        loaders = prepare_loaders(opts, task, split, dcfg, torch.device("cpu"), cache=bool(cache_dir))
+        loaders.sampler.set_epoch(state["epoch"])
         state["epoch"] += 1
-        return sum(len(b[0]) for b in train)
+        return sum(len(b[0]) for b in loaders.train)
 
+    if cache_dir:
+        epoch()  # builds the cache: what a run's first epoch does
     return epoch, len(split.train)
 
 
@@ -110,6 +119,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200, help="JPEGs per size")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--backends", nargs="+", default=["imgaug", "albumentations", "torchvision"])
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     sys.path.insert(0, ROOT)
@@ -119,15 +129,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, size in SIZES.items():
             root = write_photos(Path(tmp) / label, size, args.images)
-            loaders = {"plain": plain_loader(root, args.workers),
-                       "ours, --fast-decode off": our_loader(root, args.workers, "off"),
-                       "ours, --fast-decode on": our_loader(root, args.workers, "on")}
+            loaders = {"plain": plain_loader(root, args.workers)}
+            for backend in args.backends:
+                loaders[f"ours {backend}, uncached"] = our_loader(root, args.workers, backend)
+            loaders[f"ours {args.backends[0]}, uncached, --fast-decode on"] = our_loader(root, args.workers,
+                                                                                       args.backends[0], "on")
+            for backend in args.backends:
+                cache = Path(tmp) / f"cache-{label}-{backend}"
+                loaders[f"ours {backend}, cached"] = our_loader(root, args.workers, backend, cache_dir=str(cache))
             results[label] = measure(loaders, args.repeats)
-    print(f"| images | {' | '.join(results[next(iter(results))])} |")
-    print("|---|" + "---:|" * len(results[next(iter(results))]))
-    for label, row in results.items():
-        base = row["plain"]
-        print(f"| {label} | " + " | ".join(f"{v:.0f} img/s ({v / base:.2f}x)" for v in row.values()) + " |")
+    labels = list(results)
+    print(f"| loader | {' | '.join(labels)} |")
+    print("|---|" + "---:|" * len(labels))
+    for name in results[labels[0]]:
+        print(f"| {name} | " + " | ".join(f"{results[lb][name]:.0f} img/s ({results[lb][name] / results[lb]['plain']:.2f}x)"
+                                          for lb in labels) + " |")
     env = (f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} cores, "
            f"{args.workers} workers, {args.images} JPEGs per size, median of {args.repeats}")
     print(env)

@@ -115,6 +115,9 @@ class Options:
                           metavar="DIR")
     cache_limit: float = _opt(0.0, "largest decoded-image cache in GB (0: the free space of its folder less 1 GB); "
                                    "a cache that would not fit is skipped, in one line", "data", metavar="GB")
+    uint8_batches: bool = _opt(True, "workers hand over uint8 images, converted to float and normalized on the "
+                                     "training device (a quarter of the bytes; bit-identical on a CPU); "
+                                     "--no-uint8-batches normalizes in the workers", "data")
     cache_export: str = _opt("", "at the end, copy the decoded-image cache to DIR, a folder to upload as a dataset: "
                                  "later runs with it attached read it instead of decoding again", "data",
                              metavar="DIR")

@@ -90,7 +90,7 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
         save_config(as_asked(asked, opts), p.run_dir / "config.yaml")  # passed back, it asks for this run again
         write_classes_json(p.split.classes, p.run_dir / "classes.json")
     reporter = EpochReporter(p.run_dir, task=p.task, split=p.split, dcfg=p.dcfg, monitor=opts.monitor,
-                             val_dataset=p.val_loader.dataset, tensorboard=opts.tensorboard and world().main,
+                             val_dataset=p.val_view, tensorboard=opts.tensorboard and world().main,
                              start_epoch=state.start_epoch, every=opts.plot_every, plots=opts.plots)
     with StopSignals() as signals:
         control = StopControl(**durations, signals=signals, start=process_start(SEAMS.clock), clock=SEAMS.clock,

@@ -118,8 +118,8 @@ def test_oof_rows_prediction_and_submission(name, tmp_path):
     from kernel.data import build_loader
 
     p, task = _prepared(name, tmp_path), get_task(name)
-    loader = build_loader(p.val_loader.dataset, batch_size=8, workers=0, device=p.device, persistent=False,
-                          collate_fn=task.collate)
+    loader = p.feed(build_loader(p.val_loader.dataset, batch_size=8, workers=0, device=p.device, persistent=False,
+                                 collate_fn=task.collate))
     ids = [f"img{i}" for i in range(len(p.split.val))]
     header, rows = task.oof(p.model, loader, p.split, ids, 0, p.device, None, tmp_path / "oof_masks",
                             leave_out={1})

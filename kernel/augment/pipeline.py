@@ -20,9 +20,35 @@ from .ops import REGISTRIES, build_ops, describe, op_names
 from ..data.images import fit_channel_stats
 from ..errors import ConfigError
 
-__all__ = ["INTERP", "AugmentTransform", "augment_batch", "smoke_test"]
+__all__ = ["INTERP", "AugmentTransform", "Normalize", "normalize_affine", "augment_batch", "smoke_test"]
 
 INTERP = {"nearest": 0, "bilinear": 1, "bicubic": 2, "area": 3, "lanczos": 4, "random": 1}  # cv2.INTER_*
+
+
+def normalize_affine(mean: Sequence[float], std: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, bias), each (C, 1, 1) float32: ``x * scale + bias`` is ``(x / 255 - mean) / std`` for uint8 ``x``."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(-1, 1, 1)
+    bias = torch.tensor([-m / s for m, s in zip(mean, std)]).view(-1, 1, 1)
+    return scale, bias
+
+
+class Normalize:
+    """uint8 images (N, C, H, W) -> float32 normalized, on the images' device (the second half of a pipeline whose
+    workers return uint8, see :meth:`AugmentTransform.for_device`).
+
+    The same two float32 operations, in the same order, as the workers' path (cast, ``* scale``, ``+ bias``), so
+    the result is bit-identical to it on a CPU; the memory format (channels-last) is kept.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.scale, self.bias = normalize_affine(mean, std)
+        self._on: dict = {}  # device -> (scale, bias) there, copied once
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device not in self._on:
+            self._on[images.device] = (self.scale.to(images.device), self.bias.to(images.device))
+        scale, bias = self._on[images.device]
+        return images.to(torch.float32).mul_(scale).add_(bias)
 
 
 class AugmentTransform:
@@ -43,6 +69,7 @@ class AugmentTransform:
         self.interpolation = INTERP[interpolation]
         self.strict = False  # True: re-raise augmentation errors instead of falling back (tests)
         self.warn_skips = warn_skips
+        self.uint8_out = False  # True: images leave as uint8 (C, S, S), normalized on the device (see for_device)
         self._state: Optional[dict] = None
 
     def __getstate__(self) -> dict:  # library objects are rebuilt in the worker, after compat patches
@@ -50,12 +77,25 @@ class AugmentTransform:
 
     def __repr__(self) -> str:
         return (f"AugmentTransform(backend={self.backend}, train={self.train}, size={self.img_size}, "
-                f"resize={self.resize_to}, ops=[{describe(self.ops)}])")
+                f"resize={self.resize_to}, ops=[{describe(self.ops)}]{', uint8 out' if self.uint8_out else ''})")
+
+    def for_device(self) -> "AugmentTransform":
+        """A copy whose images leave as uint8 (C, S, S), for :meth:`normalizer` to finish on the training device:
+        a quarter of the bytes through the workers' queues and the host-to-device copy, and no float work on the
+        workers' CPUs. Every op keeps uint8 (ops that change the dtype are refused when the pipeline is built);
+        the masks are unchanged."""
+        copy = object.__new__(AugmentTransform)
+        copy.__dict__.update(self.__getstate__())
+        copy.uint8_out = True
+        return copy
+
+    def normalizer(self) -> Normalize:
+        """What turns this pipeline's uint8 output into its float output, on any device."""
+        return Normalize(self.mean, self.std)
 
     # -- building ------------------------------------------------------------------------------
     def _build(self) -> dict:
-        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(-1, 1, 1)
-        bias = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(-1, 1, 1)
+        scale, bias = normalize_affine(self.mean, self.std)
         state = {"scale": scale, "bias": bias, "pipe": None}
         if self.backend != "none":
             quiet_library_warnings()
@@ -82,7 +122,8 @@ class AugmentTransform:
 
     # -- calling -------------------------------------------------------------------------------
     def __call__(self, image: np.ndarray, mask: Optional[np.ndarray] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(H, W, C) uint8 [+ (H, W) int mask] -> ((C, S, S) float32 normalized, (S, S) int64 | None)."""
+        """(H, W, C) uint8 [+ (H, W) int mask] -> ((C, S, S) float32 normalized (uint8 with ``uint8_out``),
+        (S, S) int64 | None)."""
         state = self._state or self._build()
         image, mask = self._prepare(image, mask)
         if state["pipe"] is not None:
@@ -145,7 +186,7 @@ class AugmentTransform:
 
     def _finish(self, state: dict, image: np.ndarray, mask: Optional[np.ndarray]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """To the output size (crop: resize up if smaller, center-crop S x S; resize: exactly (H, W)), then
-        to float CHW + normalize in one pass."""
+        to float CHW + normalize in one pass (``uint8_out``: uint8 CHW, normalized later by :class:`Normalize`)."""
         if self.fit == "resize":
             image, mask = resize_exact(image, mask, self.img_size, self.interpolation)
             sh, sw, top, left = self.img_size[0], self.img_size[1], 0, 0
@@ -157,14 +198,21 @@ class AugmentTransform:
             sh = sw = s
             top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
         image = image[top:top + sh, left:left + sw]
+        if self.uint8_out:  # CHW in one copy (np.array copies: never a view of the caller's or a read-only array)
+            out = torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C"))
+        else:
+            out = self._to_float(state, image, sh, sw)
+        if mask is None:
+            return out, None
+        return out, torch.from_numpy(np.ascontiguousarray(mask[top:top + sh, left:left + sw])).long()
+
+    @staticmethod
+    def _to_float(state: dict, image: np.ndarray, sh: int, sw: int) -> torch.Tensor:
         out = torch.empty((image.shape[2], sh, sw), dtype=torch.float32)
         if not image.flags.writeable:  # a read-only view (an image already at its size): torch wants writable
             image = image.copy()
         out.copy_(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))  # transpose + cast, one pass
-        out.mul_(state["scale"]).add_(state["bias"])
-        if mask is None:
-            return out, None
-        return out, torch.from_numpy(np.ascontiguousarray(mask[top:top + sh, left:left + sw])).long()
+        return out.mul_(state["scale"]).add_(state["bias"])
 
 
 def smoke_test(t: AugmentTransform) -> None:

@@ -142,7 +142,8 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         data_time += time.perf_counter() - tick
         if i >= n_batches:
             break
-        batch = cfg.move(batch, device, cfg.channels_last)
+        if cfg.move is not None:
+            batch = cfg.move(batch, device, cfg.channels_last)
         if mix is not None:
             batch = (*mix(batch[0], batch[1]), *batch[2:])
         n = batch_size(batch)
@@ -207,7 +208,8 @@ def evaluate(model: nn.Module, loader: Any, cfg: StepConfig, *, meter: Optional[
     for i, batch in enumerate(loader):
         if cfg.max_batches is not None and i >= cfg.max_batches:
             break
-        batch = cfg.move(batch, cfg.device, cfg.channels_last)
+        if cfg.move is not None:
+            batch = cfg.move(batch, cfg.device, cfg.channels_last)
         loss, outputs = forward(cfg.step, model, batch, cfg.loss_fn, cfg.device, cfg.amp_dtype)
         n = batch_size(batch)
         loss_sum += loss.detach().double() * n

@@ -58,7 +58,8 @@ def targets_of(batch: Any) -> Any:
 @dataclass
 class StepConfig:
     """How the epoch loops run a step: the loss, the device and precision, accumulation, clipping, the task's
-    step and device move, and the per-update companions (schedule, EMA, Mixup)."""
+    step and device move (None when the loader yields batches finished on the device, a run's
+    :class:`~kernel.data.DeviceLoader`), and the per-update companions (schedule, EMA, Mixup)."""
     loss_fn: Callable
     device: torch.device
     amp_dtype: Optional[torch.dtype] = None
@@ -68,7 +69,7 @@ class StepConfig:
     channels_last: bool = False
     max_batches: Optional[int] = None
     step: Step = supervised_step
-    move: Callable[[Any, torch.device, bool], Any] = to_device
+    move: Optional[Callable[[Any, torch.device, bool], Any]] = to_device  # None: batches come on the device
     schedule: Any = None
     mix: Any = None
     ema: Any = None

@@ -38,8 +38,8 @@ def write_fold_oof(p: Prepared) -> Path:
     plan, o = p.split.folds, p.opts
     model = unwrap_model(p.model)
     model.load_state_dict(load_trained(p.run_dir / "best.pt")["model"])
-    loader = build_loader(p.val_loader.dataset, batch_size=o.batch_size, workers=o.workers, device=p.device,
-                          persistent=False, collate_fn=p.task.collate)  # every validation image once, in order
+    loader = p.feed(build_loader(p.val_loader.dataset, batch_size=o.batch_size, workers=o.workers, device=p.device,
+                                 persistent=False, collate_fn=p.task.collate))  # every validation image once, in order
     ids = [plan.ids[j] for j in _full_indices(p.split.val, p.split.full)]
     # An unreadable image was replaced by the next readable one (--bad-images skip): its row (and mask) would hold
     # that image's prediction under its own id, so it is left out.

@@ -54,7 +54,7 @@ def step_config(p: Prepared, train: bool) -> StepConfig:
     """The run's step settings for the training (with schedule, EMA and Mixup) or the validation pass."""
     o = p.opts
     common = dict(loss_fn=p.loss_fn, device=p.device, amp_dtype=p.amp_dtype, channels_last=o.channels_last,
-                  step=p.task.step, move=p.task.move)
+                  step=p.task.step, move=None)  # the loaders finish batches on the device
     if not train:
         return StepConfig(**common)
     return StepConfig(**common, scaler=p.scaler, accum_steps=o.accum_steps, clip_grad=o.clip_grad,
@@ -80,22 +80,24 @@ def _train_epoch(p: Prepared, epoch: int, state: FitState, control: StopControl)
     va = evaluate(p.ema.module if p.ema is not None else p.train_model, p.val_loader, step_config(p, train=False),
                   meter=p.task.meter(p.split, train=False))
     control.val_time = time.perf_counter() - t1
-    _time_report(epoch, tr)
+    _time_report(epoch, tr, p.cache is not None)
     train, val = tr.summary(), va.summary()
     row = {"epoch": epoch, "lr": lr, "train_loss": tr.loss, "val_loss": va.loss, **p.task.row(train, val),
            "epoch_time": time.perf_counter() - t0, "img_per_s": tr.img_per_s}
     return EpochOutcome(row=row, val=val)
 
 
-def _time_report(epoch: int, tr: EpochResult) -> None:
-    """Where the epoch's time went: waiting for data against compute; say when the input is the bottleneck."""
+def _time_report(epoch: int, tr: EpochResult, cached: bool) -> None:
+    """Where the epoch's time went: waiting for data against compute; say when the input is the bottleneck, and
+    (``cached``: whether the decoded-image cache is on) what would help."""
     if tr.skipped_steps:
         log.info("GradScaler skipped %d of %d updates (inf/NaN gradients)", tr.skipped_steps,
                  tr.updates + tr.skipped_steps)
     share = tr.data_time / max(tr.time, 1e-9)
     if share > 0.4 and tr.time > 1.0:
-        log.warning("epoch %d: data loading took %.0f%% of the epoch: raise --workers (or lighten --aug)", epoch,
-                    100 * share)
+        fix = "raise --workers or lighten --aug" if cached else \
+            "give --cache disk (each image decoded once, not every epoch), raise --workers or lighten --aug"
+        log.warning("epoch %d: data loading took %.0f%% of the epoch: %s", epoch, 100 * share, fix)
 
 
 def fit(p: Prepared, state: FitState, reporter: EpochReporter, control: StopControl) -> FitState:

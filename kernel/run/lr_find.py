@@ -120,7 +120,8 @@ def _batches(loader: Any) -> Iterator[Any]:
 
 def _train_step(model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, cfg: StepConfig) -> float:
     """One update on one batch with the loop's own step (forward, loss, backward, clip, step); the loss (host)."""
-    batch = cfg.move(batch, cfg.device, cfg.channels_last)
+    if cfg.move is not None:
+        batch = cfg.move(batch, cfg.device, cfg.channels_last)
     _, loss = forward_backward(model, batch, optimizer, cfg, group_size=1, first=True, sync=True)
     optimizer_step(optimizer, [p for g in optimizer.param_groups for p in g["params"]], cfg.scaler, cfg.clip_grad)
     return float(loss.detach().float().item())  # one host sync per step: the divergence test needs the value

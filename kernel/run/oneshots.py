@@ -128,7 +128,7 @@ def _find_lr(opts: Options) -> Dict[str, Any]:
         model.to(memory_format=torch.channels_last)
     amp_dtype = resolve_amp_dtype(device, opts.amp, opts.amp_dtype)
     cfg = StepConfig(loss_fn.to(device), device, amp_dtype, make_scaler(device, amp_dtype), clip_grad=opts.clip_grad,
-                     channels_last=opts.channels_last, step=task.step, move=task.move)
+                     channels_last=opts.channels_last, step=task.step, move=None)
     result = find_lr(model, train_loader, optimizer, cfg, ramp=(1e-7, 10.0, opts.find_lr_steps))
     path = plot_lr_find(result, run_dir_of(opts) / "lr_find.png")
     if not result["usable"]:  # say so before the number: a guess must not pass for a measurement

@@ -14,15 +14,15 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..augment import resolve_backend, seed_worker
-from ..data import (REPORT, DataSplit, EpochSampler, ReadGuard, Subset, TransformedDataset, build_loader,
-                    transform_draft)
+from ..data import (REPORT, DataSplit, DeviceLoader, EpochSampler, ReadGuard, Subset, TransformedDataset,
+                    build_loader, transform_draft)
 from ..engine import (check_soft_targets, create_ema, create_mixup, create_optimizer, make_scaler, param_groups,
                       resolve_amp_dtype, resolve_device)
 from ..engine.distributed import world
@@ -39,7 +39,7 @@ from .caching import RunCache, open_caches
 from .kfold import fold_number, plan_folds, run_root, split_for_fold
 
 __all__ = ["DRY_RUN", "Prepared", "hw", "backbone_frozen", "effective_options", "as_asked", "dry_run_reductions",
-           "seed_everything", "run_dir_of", "read_guard", "prepare_data", "prepare_model", "Loaders", "prepare_loaders",
+           "seed_everything", "run_dir_of", "read_guard", "prepare_data", "prepare_model", "Loaders", "batch_finisher", "prepare_loaders",
            "prepare_optimization", "prepare_mixing", "prepare"]
 
 log = logging.getLogger("kernel")
@@ -71,6 +71,8 @@ class Prepared:
     ema: Any = None             # timm ModelEmaV3 (--ema) or None; .module is the average
     frozen: Optional[bool] = None  # the backbone's state when train_model was built
     cache: Optional[RunCache] = None  # the decoded-image cache (--cache), None when uncached
+    val_view: Any = None        # the validation images as float tensors, for the pictures
+    feed: Any = None            # another loader of these datasets -> batches as the step takes them (OOF)
 
 
 
@@ -197,13 +199,26 @@ def read_guard(opts: Options, total: int) -> ReadGuard:
 
 @dataclass
 class Loaders:
-    """This process's share of the data: the training and validation loaders, the training sampler, and the
-    decoded-image cache they read through (None: uncached)."""
+    """This process's share of the data: the training and validation loaders (batches on the device, see
+    :class:`~kernel.data.DeviceLoader`), the training sampler, the decoded-image cache they read through (None:
+    uncached), the validation images as float tensors for the pictures (``val_view``), and ``feed``, which
+    turns another loader of these datasets (the OOF pass) into one that yields batches as the step takes them."""
 
     train: Any
     val: Any
     sampler: EpochSampler
+    val_view: TransformedDataset
+    feed: Callable[[Any], DeviceLoader]
     cache: Optional[RunCache] = None
+
+
+def batch_finisher(task: Task, split: DataSplit, device: torch.device, channels_last: bool,
+                   inputs: Optional[Callable]) -> Callable[[Any], Any]:
+    """What a collated batch goes through on its way to the step: the task's move to ``device``, then its
+    :meth:`~kernel.tasks.Task.on_device` (``inputs``: the uint8 -> normalized float conversion, or None)."""
+    def finish(batch: Any) -> Any:
+        return task.on_device(task.move(batch, device, channels_last), split, inputs)
+    return finish
 
 
 def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str, Any],
@@ -212,29 +227,41 @@ def prepare_loaders(opts: Options, task: Task, split: DataSplit, dcfg: Dict[str,
     commands read each image once and leave it off).
 
     The order depends only on (seed, epoch) and each sample's augmentation on (seed, epoch, index), so
-    the result is the same for any worker count, process count or resume point; the cache changes no pixel.
+    the result is the same for any worker count, process count or resume point; the cache changes no pixel, and
+    uint8 batches (``--uint8-batches``) normalized on the device give the workers' float values.
     """
     total = len(split.train) + len(split.val)
     transforms = {kind: task.transform(opts, dcfg, train=kind == "train") for kind in ("train", "val")}
     run_cache = open_caches(opts, split, transforms) if cache else None
+    # uint8 batches normalized on the device (a task's own transform without for_device keeps the float path)
+    device_side = opts.uint8_batches and all(hasattr(t, "for_device") for t in transforms.values())
+    as_uint8 = {kind: t.for_device() if device_side else None for kind, t in transforms.items()}
+    inputs = as_uint8["train"].normalizer() if device_side else None
 
-    def dataset(source: Any, train: bool) -> TransformedDataset:
-        transform = transforms["train" if train else "val"]
+    def dataset(source: Any, train: bool, float_view: bool = False) -> TransformedDataset:
+        kind = "train" if train else "val"
+        transform = transforms[kind] if float_view or as_uint8[kind] is None else as_uint8[kind]
         if run_cache is not None:  # below the guard: a bad file is stored as bad, never as its replacement
-            source = run_cache.wrap(source, transform, opts)
+            source = run_cache.wrap(source, transforms[kind], opts)
         return TransformedDataset(source, transform, guard=read_guard(opts, total), mask_target=task.target(split),
                                   seed=opts.seed if train else None, draft=transform_draft(transform, opts.fast_decode))
+
+    finish = batch_finisher(task, split, device, opts.channels_last, inputs)
+
+    def feed(loader: Any) -> DeviceLoader:
+        return DeviceLoader(loader, finish, device)
 
     w = world()
     samplers = [EpochSampler(len(source), seed=opts.seed, shuffle=train, batch_size=opts.batch_size,
                              drop_last=train, rank=w.rank, world=w.size) for source, train in ((split.train, True),
                                                                                             (split.val, False))]
-    loaders = [build_loader(dataset(source, train), batch_size=opts.batch_size, workers=opts.workers, device=device,
-                            sampler=sampler, worker_init_fn=seed_worker, seed=opts.seed, collate_fn=task.collate)
+    loaders = [feed(build_loader(dataset(source, train), batch_size=opts.batch_size, workers=opts.workers,
+                                 device=device, sampler=sampler, worker_init_fn=seed_worker, seed=opts.seed,
+                                 collate_fn=task.collate))
                for (source, train), sampler in zip(((split.train, True), (split.val, False)), samplers)]
     if run_cache is not None:  # what an epoch reads, every process together (drop_last leaves a few out)
         run_cache.reads_per_epoch = (len(samplers[0]) + len(samplers[1])) * w.size
-    return Loaders(loaders[0], loaders[1], samplers[0], run_cache)
+    return Loaders(loaders[0], loaders[1], samplers[0], dataset(split.val, False, float_view=True), feed, run_cache)
 
 
 def prepare_optimization(opts: Options, task: Task, split: DataSplit, model: nn.Module,
@@ -302,5 +329,6 @@ def prepare(opts: Options, new_folds: bool = False) -> Prepared:
         log.info("EMA of the weights (decay %g): validation, best.pt and model.safetensors use it", opts.ema)
     return Prepared(opts=opts, task=task, device=device, run_dir=run_dir_of(opts), split=split, model=model,
                     train_model=None, dcfg=dcfg, train_loader=loaders.train, val_loader=loaders.val,
-                    train_sampler=loaders.sampler, cache=loaders.cache, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
+                    train_sampler=loaders.sampler, cache=loaders.cache,
+                    val_view=loaders.val_view, feed=loaders.feed, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
                     steps_per_epoch=spe, amp_dtype=amp_dtype, scaler=scaler, mix=mix, ema=ema)

@@ -68,6 +68,12 @@ class Task(abc.ABC):
         """A collated batch on ``device`` (every tensor in it; the images channels-last when asked)."""
         return to_device(batch, device, channels_last)
 
+    def on_device(self, batch: Any, split: Any, inputs: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> Any:
+        """A moved batch made ready for the step, on the device: ``inputs`` (the run's uint8 (N, C, H, W) -> float32
+        normalized images, None when the workers normalized) applied to the images, the targets finished (the
+        worker-side :meth:`target` may leave them compact). Default: ``batch = (images, targets, ...)``."""
+        return batch if inputs is None else (inputs(batch[0]), *batch[1:])
+
     def step(self, model: nn.Module, batch: Any, loss_fn: Optional[Callable]) -> Tuple[Optional[torch.Tensor], Any]:
         """One forward pass (and loss, when ``loss_fn`` is given) of ``model`` on a moved batch -> (loss, outputs).
         Run by :func:`kernel.engine.amp.forward` under the run's autocast, in training, validation and the LR
@@ -110,8 +116,9 @@ class Task(abc.ABC):
 
     # -- metrics and outputs -----------------------------------------------------------------
     def target(self, split: Any) -> Any:
-        """None: items are (image, the source's target); else a callable turning the augmented mask into
-        the target (segmentation)."""
+        """None: items are (image, the source's target); else a callable turning the augmented (H, W) int64 mask
+        into the target the workers hand over (segmentation: the mask in the smallest integer type that holds it,
+        finished by :meth:`on_device` after the copy)."""
         return None
 
     def loss_kwargs(self, split: Any) -> Dict[str, Any]:

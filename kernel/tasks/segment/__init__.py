@@ -30,7 +30,7 @@ from .metrics import SegMeter
 from .oof import cv_miou, oof_table, table_names
 from .pictures import plot_overlays, write_seg_per_class_csv
 
-__all__ = ["SegmentTask", "SegMeter", "build_seg_sources", "SEG_IMG_SIZE", "N_PICTURES"]
+__all__ = ["SegmentTask", "SegMeter", "CompactMask", "MaskTarget", "mask_dtype", "build_seg_sources", "SEG_IMG_SIZE", "N_PICTURES"]
 
 SEG_IMG_SIZE = 256  # the input size when --img-size is not given (smp models have no pretrained config)
 N_PICTURES = 8      # worst validation images in predictions.png
@@ -45,14 +45,35 @@ def ignore_index(split: DataSplit) -> Any:
     return split.meta.get("ignore_index")
 
 
+def mask_dtype(split: DataSplit) -> torch.dtype:
+    """The smallest integer type that holds every value of this split's masks: class indices and the void label,
+    or multilabel bit masks (one bit per class)."""
+    m = split.meta
+    top = (1 << len(split.classes)) - 1 if m["mode"] == "multilabel" else max(len(split.classes) - 1,
+                                                                              m.get("ignore_index") or 0)
+    return next(t for t in (torch.uint8, torch.int16, torch.int32, torch.int64) if top <= torch.iinfo(t).max)
+
+
+class CompactMask:
+    """The workers' target: an augmented (H, W) int64 mask in ``dtype`` (see :func:`mask_dtype`), 1/8 of the bytes
+    for most data; :class:`MaskTarget` finishes it on the device."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def __call__(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask.to(self.dtype)
+
+
 class MaskTarget:
-    """The training target from an augmented (H, W) int64 mask: as is, or multilabel bits -> (C, H, W) float."""
+    """The loss's target from (N, H, W) or (H, W) integer masks: int64 class indices, or multilabel bits ->
+    (N, C, H, W) float."""
 
     def __init__(self, mode: str, num_classes: int):
         self.mode, self.num_classes = mode, num_classes
 
     def __call__(self, mask: torch.Tensor) -> torch.Tensor:
-        return decode_multilabel(mask, self.num_classes) if self.mode == "multilabel" else mask
+        return decode_multilabel(mask, self.num_classes) if self.mode == "multilabel" else mask.long()
 
 
 class SegmentTask(Task):
@@ -125,7 +146,11 @@ class SegmentTask(Task):
                                in_chans=opts.in_chans, fit="resize")
 
     def target(self, split: DataSplit) -> Callable:
-        return MaskTarget(split.meta["mode"], len(split.classes))
+        return CompactMask(mask_dtype(split))
+
+    def on_device(self, batch: Any, split: DataSplit, inputs: Any) -> Any:
+        images, masks, *rest = super().on_device(batch, split, inputs)
+        return (images, MaskTarget(split.meta["mode"], len(split.classes))(masks), *rest)
 
     def meter(self, split: DataSplit, train: bool) -> SegMeter:
         m = split.meta
@@ -178,7 +203,7 @@ class SegmentTask(Task):
             leave_out: AbstractSet[int] = frozenset()) -> Tuple[List[str], List[List[Any]]]:
         guard = getattr(loader.dataset, "guard", None)  # reads masks as the loader read the images
         return oof_table(model, loader, lambda j: (guard.read(split.val, j) if guard else split.val[j])[2],
-                         self.target(split), ids, fold, split.classes, split.meta, device, amp_dtype, Path(mask_dir),
+                         MaskTarget(split.meta["mode"], len(split.classes)), ids, fold, split.classes, split.meta, device, amp_dtype, Path(mask_dir),
                          leave_out)
 
     def cv_metric(self, header: List[str], rows: List[List[Any]], split: DataSplit) -> float:
