@@ -96,7 +96,9 @@ def our_loader(root: Path, workers: int, backend: str, fast_decode: str = "off",
         loaders = prepare_loaders(opts, task, split, dcfg, torch.device("cpu"), cache=bool(cache_dir))
         loaders.sampler.set_epoch(state["epoch"])
         state["epoch"] += 1
-        return sum(len(b[0]) for b in loaders.train)
+        seen = sum(len(b[0]) for b in loaders.train)
+        loaders.close()  # its workers end here, as the plain loader's do at the end of its pass
+        return seen
 
     if cache_dir:
         epoch()  # builds the cache: what a run's first epoch does

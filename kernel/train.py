@@ -96,12 +96,16 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
         control = StopControl(**durations, signals=signals, start=process_start(SEAMS.clock), clock=SEAMS.clock,
                               on_saved=SEAMS.on_saved,
                               predict_reserve=lambda: _after_training(control.val_time, p, n_predict))
-        if state.start_epoch > opts.epochs:
-            log.info("training already complete (epoch %d of %d): nothing to train", state.last_epoch, opts.epochs)
-        else:
-            if world().main:
-                reporter.on_train_start(p.model, input_shape(p), p.device)
-            state = fit(p, state, reporter, control)
+        try:
+            if state.start_epoch > opts.epochs:
+                log.info("training already complete (epoch %d of %d): nothing to train", state.last_epoch,
+                         opts.epochs)
+            else:
+                if world().main:
+                    reporter.on_train_start(p.model, input_shape(p), p.device)
+                state = fit(p, state, reporter, control)
+        finally:
+            p.close_loaders()  # now, not when the collector finds them: see kernel.data.loader._Loader.close
         reporter.on_train_end()
     summary = finish(p, state, time.time() - start)
     summary["exit_code"] = StopSignals.CODES.get(signals.received, 0) if state.stopped == "signal" else 0

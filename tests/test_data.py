@@ -1,4 +1,5 @@
 """Data: odd image modes, ImageFolder and CSV sources (multi-label too), stratified splits."""
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -108,6 +109,19 @@ def test_a_loader_leaves_torchs_global_generator_alone(workers):
     for _ in range(2):
         assert [b[0].tolist() for b in loader] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_closing_a_loader_ends_its_persistent_workers_and_a_later_epoch_starts_new_ones():
+    before = set(multiprocessing.active_children())
+    loader = build_loader(TensorDataset(torch.arange(8.0)), batch_size=4, workers=2, device=torch.device("cpu"))
+    assert [b[0].tolist() for b in loader] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)  # persistent: kept for the next epoch
+    loader.close()
+    assert not any(w.is_alive() for w in workers)
+    assert [b[0].tolist() for b in loader] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+    loader.close()
+    assert set(multiprocessing.active_children()) <= before
 
 
 class _SignalledInWorkers(TensorDataset):

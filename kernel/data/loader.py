@@ -152,6 +152,19 @@ class _Loader(DataLoader):
         with _stop_signals_held():
             return super().__iter__()
 
+    def close(self) -> None:
+        """Stop the persistent workers now (a later ``iter`` starts new ones), as Lightning does when a loop ends.
+
+        Left to the garbage collector, they cost seconds: a loader in a reference cycle is collected with its
+        iterator, and the collector runs the iterator's queues' finalizers (which stop the threads that feed the
+        workers' index queues) before the iterator's ``__del__``, so the workers never receive the request to exit
+        and torch waits 5 s for each before it kills it. A process that runs several trainings (k-fold, a notebook,
+        the tests) met that at the next run's start; one that exits is cleaned up by torch at exit."""
+        iterator = getattr(self, "_iterator", None)  # torch keeps a persistent-worker iterator here
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._iterator = None
+
 
 def build_loader(dataset: Dataset, *, batch_size: int, workers: int, device: torch.device,
                  sampler: Optional[Sampler] = None, worker_init_fn: Optional[Callable] = None,

@@ -52,6 +52,13 @@ class DeviceLoader:
     def batch_size(self) -> Any:
         return self.loader.batch_size
 
+    def close(self) -> None:
+        """Stop the loader's persistent workers (see :meth:`kernel.data.loader._Loader.close`); a plain
+        DataLoader has nothing to stop."""
+        close = getattr(self.loader, "close", None)
+        if close is not None:
+            close()
+
     def __iter__(self) -> Iterator[Any]:
         if self.device.type != "cuda":
             for batch in self.loader:

@@ -129,7 +129,10 @@ def _find_lr(opts: Options) -> Dict[str, Any]:
     amp_dtype = resolve_amp_dtype(device, opts.amp, opts.amp_dtype)
     cfg = StepConfig(loss_fn.to(device), device, amp_dtype, make_scaler(device, amp_dtype), clip_grad=opts.clip_grad,
                      channels_last=opts.channels_last, step=task.step, move=None)
-    result = find_lr(model, train_loader, optimizer, cfg, ramp=(1e-7, 10.0, opts.find_lr_steps))
+    try:
+        result = find_lr(model, train_loader, optimizer, cfg, ramp=(1e-7, 10.0, opts.find_lr_steps))
+    finally:
+        loaders.close()
     path = plot_lr_find(result, run_dir_of(opts) / "lr_find.png")
     if not result["usable"]:  # say so before the number: a guess must not pass for a measurement
         log.warning("--find-lr: the loss shows no clear descent over %d steps; the LR below is a guess. Try more "

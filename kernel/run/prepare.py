@@ -74,6 +74,10 @@ class Prepared:
     val_view: Any = None        # the validation images as float tensors, for the pictures
     feed: Any = None            # another loader of these datasets -> batches as the step takes them (OOF)
 
+    def close_loaders(self) -> None:
+        """Stop the training and validation loaders' persistent workers: the run is done with them."""
+        for loader in (self.train_loader, self.val_loader):
+            loader.close()
 
 
 def hw(size: Any) -> Tuple[int, int]:
@@ -210,6 +214,11 @@ class Loaders:
     val_view: TransformedDataset
     feed: Callable[[Any], DeviceLoader]
     cache: Optional[RunCache] = None
+
+    def close(self) -> None:
+        """Stop both loaders' persistent workers (when the run or the one-shot that uses them is done)."""
+        for loader in (self.train, self.val):
+            loader.close()
 
 
 def batch_finisher(task: Task, split: DataSplit, device: torch.device, channels_last: bool,
