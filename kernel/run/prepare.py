@@ -137,7 +137,8 @@ def dry_run_reductions(asked: Options) -> str:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, numpy and torch; with ``deterministic``, deterministic kernels (and cuBLAS)."""
+    """Seed Python, numpy and torch; with ``deterministic``, deterministic kernels (and cuBLAS) wherever torch has
+    them, a warning where it has none."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -146,7 +147,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     # Both ways, so a later run in the same process (a notebook, the tests) does not inherit an earlier one's;
     # only when it changes something: the call imports torch's compiler stack (seconds per process).
     if deterministic or torch.are_deterministic_algorithms_enabled():
-        torch.use_deterministic_algorithms(deterministic)
+        # warn_only: an operation with no deterministic CUDA kernel (the loss reductions of 2-D cross-entropy,
+        # nll_loss2d, among them) warns and runs as it is instead of ending the run (Lightning's "warn")
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not deterministic
 
 
