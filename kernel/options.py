@@ -53,12 +53,17 @@ class Options:
                                    "process started: 11h30m, 90m, 45s; auto: 11h30m on Kaggle, none elsewhere")
     save_every: str = _opt("auto", "also save last.pt inside epochs at this interval (e.g. 30m); auto: 30m on Kaggle "
                                    "and Colab, none elsewhere")
+    async_save: bool = _opt(True, "write the end-of-epoch checkpoints on a thread while the next epoch trains (a "
+                                  "copy of the weights and optimizer state in RAM meanwhile); --no-async-save "
+                                  "writes them before going on")
     dry_run: bool = _opt(False, "a few batches of training and validation on a tiny subset, to debug")
     log_every: int = _opt(20, "batches between progress lines when not on a terminal")
     plot_every: float = _opt(60.0, "seconds between redraws of the run's pictures (0: every epoch; always at the end)")
     plots: bool = _opt(True, "draw the pictures (curves.png, predictions.png, confusion_matrix.png); --no-plots "
                              "skips them (a second or more each on a CPU), the CSV and JSON outputs stay")
     tensorboard: bool = _opt(True, "write TensorBoard events when tensorboard is installed")
+    tb_graph: bool = _opt(False, "also trace the model into TensorBoard's graph tab (off, as Lightning's log_graph: "
+                                 "about a second per run for a U-Net)")
     list_models: str = _opt("", "print model names matching a pattern (e.g. '*resnet*', 'tv:*') and exit",
                             metavar="PATTERN")
     summary: bool = _opt(False, "print a layer table for the model and input size, then exit")

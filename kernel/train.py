@@ -91,7 +91,8 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
         write_classes_json(p.split.classes, p.run_dir / "classes.json")
     reporter = EpochReporter(p.run_dir, task=p.task, split=p.split, dcfg=p.dcfg, monitor=opts.monitor,
                              val_dataset=p.val_view, tensorboard=opts.tensorboard and world().main,
-                             start_epoch=state.start_epoch, every=opts.plot_every, plots=opts.plots)
+                             start_epoch=state.start_epoch, every=opts.plot_every, plots=opts.plots,
+                             graph=opts.tb_graph)
     with StopSignals() as signals:
         control = StopControl(**durations, signals=signals, start=process_start(SEAMS.clock), clock=SEAMS.clock,
                               on_saved=SEAMS.on_saved,
@@ -104,6 +105,11 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
                 if world().main:
                     reporter.on_train_start(p.model, input_shape(p), p.device)
                 state = fit(p, state, reporter, control)
+        except BaseException:
+            p.saver.wait(quiet=True)  # the files in flight are finished; the error at hand is the one raised
+            raise
+        else:
+            p.saver.wait()  # the last epoch's files, before anything reads them
         finally:
             p.close_loaders()  # now, not when the collector finds them: see kernel.data.loader._Loader.close
         reporter.on_train_end()

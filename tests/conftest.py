@@ -103,6 +103,6 @@ def trained_run(tmp_path_factory) -> dict:
                                                "topk": 2, "tta": True, "out": "test_predictions.csv"}}))
     args = small_args(root / "runs", "--data", str(train / "train"), "--val-data", str(val / "train"),
                       "--epochs", str(REPORT_EPOCHS), "--aug", "none", "--lr", "0.003", "--seed", "0",
-                      "--name", "x", "--config", str(cfg))
+                      "--name", "x", "--config", str(cfg), "--tb-graph")
     assert main(args) == 0
     return dict(root=root, run=root / "runs" / "x", train=train, val=val)

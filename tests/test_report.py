@@ -80,7 +80,7 @@ def test_tensorboard_has_scalars_for_every_epoch(run):
     for tag in ("loss/train", "loss/val", "acc/train", "acc/val", "lr"):
         assert [e.step for e in ea.Scalars(tag)] == list(range(1, EPOCHS + 1)), tag
     assert "val/samples" in tags["images"]
-    assert tags["graph"]  # test_resnet traces
+    assert tags["graph"]  # test_resnet traces (--tb-graph)
     with open(run["run"] / "metrics.csv") as fh:
         val_acc = [float(r["val_acc"]) for r in csv.DictReader(fh)]
     assert [e.value for e in ea.Scalars("acc/val")] == pytest.approx(val_acc, rel=1e-4)
@@ -139,6 +139,21 @@ def test_no_plots_skips_the_pictures_and_keeps_the_tables(tmp_path):
     run = tmp_path / "np"
     assert not list(run.glob("*.png")) and "plots disabled" not in (run / "train.log").read_text()
     assert (run / "per_class.csv").is_file() and (run / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_the_model_graph_is_traced_only_with_tb_graph(tmp_path, graph):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kernel.models import create_model
+    from kernel.report import EpochReporter
+
+    reporter = EpochReporter(tmp_path, task=None, split=None, dcfg={}, monitor="val_acc", plots=False, graph=graph)
+    reporter.on_train_start(create_model("test_resnet", num_classes=2), (3, 32, 32), torch.device("cpu"))
+    reporter.close()
+    ea = EventAccumulator(str(tmp_path / "tb"))
+    ea.Reload()
+    assert bool(ea.Tags()["graph"]) == graph
 
 
 def test_tensorboard_absent_is_one_log_line(tmp_path, monkeypatch, caplog):

@@ -190,13 +190,14 @@ def read_checkpoint(path: str | os.PathLike, option: str = "checkpoint") -> Dict
     return ckpt
 
 
-def export_safetensors(model: nn.Module, classes: List[str], path: str | os.PathLike, *, task: str,
-                       meta: Dict[str, Any], model_name: str, in_chans: int) -> None:
-    """Write the unwrapped weights as ``model.safetensors`` (what prediction needs in its metadata)
-    and ``classes.json`` beside it."""
+def export_safetensors(model: nn.Module | Dict[str, torch.Tensor], classes: List[str], path: str | os.PathLike, *,
+                       task: str, meta: Dict[str, Any], model_name: str, in_chans: int) -> None:
+    """Write the unwrapped weights (of ``model``, or the state dict given) as ``model.safetensors`` (what
+    prediction needs in its metadata) and ``classes.json`` beside it."""
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().cpu().contiguous() for k, v in unwrap_model(model).state_dict().items()}
+    state = model if isinstance(model, dict) else unwrap_model(model).state_dict()
+    sd = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     info = {"classes": json.dumps(list(classes)), "task": task, "meta": json.dumps(meta), "model": model_name,
             "in_chans": str(in_chans)}
     atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=info))

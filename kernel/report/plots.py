@@ -17,7 +17,7 @@ import torch
 from ..data.images import fit_channel_stats
 from ..paths import atomic_write
 
-__all__ = ["GOOD", "BAD", "new_figure", "save_figure", "denormalize", "plot_curves", "plot_confusion_matrix", "plot_cv"]
+__all__ = ["GOOD", "BAD", "new_figure", "warm_up", "save_figure", "denormalize", "plot_curves", "plot_confusion_matrix", "plot_cv"]
 
 GOOD, BAD = "#1a7f37", "#cf222e"  # right / wrong, in every picture
 
@@ -30,6 +30,15 @@ def new_figure(width: float, height: float) -> Any:
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     return fig
+
+
+def warm_up() -> None:
+    """Import matplotlib and render one text: its font cache (built on a fresh machine) and font files are
+    loaded, so the first picture does not pay for them. :class:`~kernel.report.EpochReporter` runs this on a
+    thread while the model trains; an error is left to the first real picture to report."""
+    fig = new_figure(1, 1)
+    fig.text(0.5, 0.5, "epoch 0.1")
+    fig.canvas.draw()
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> str:

@@ -7,18 +7,22 @@ after every epoch's checkpoint, ``on_train_end`` at the end. It keeps these file
 * the task's best-checkpoint files (classify: ``per_class.csv``, ``confusion_matrix.png``,
   ``predictions.png``), made from that epoch's validation outputs (best.pt *is* that model),
   so they cost no extra pass
-* ``tb/``          TensorBoard events: scalars every epoch, sample images, the model graph
+* ``tb/``          TensorBoard events: scalars every epoch, sample images, the model graph (``graph``)
 
 Drawing takes a second or two; with short epochs it would cost more than the training. Pictures
 are therefore drawn at most every ``every`` seconds from the start (``--plot-every``; 0: every epoch)
 and always at the end, so a finished run has them all, a killed one lags by at most that long, and a
 run shorter than ``every`` draws once. The
 best epoch's outputs wait in memory until they are drawn. A failing plot logs a warning and never
-fails the run; TensorBoard scalars are written every epoch (cheap).
+fails the run; TensorBoard scalars are written every epoch (cheap). matplotlib's import and font loading
+(about a second, more on a fresh machine) happen on a thread while the first epoch trains, and the model
+graph, whose tracing costs about a second for a U-Net, is written only when asked (``graph``, as
+Lightning's ``log_graph``).
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -35,17 +39,29 @@ log = logging.getLogger(__name__)
 N_TB_SAMPLES = 16  # validation images shown in TensorBoard
 
 
+def _warm_up() -> None:
+    try:
+        plots.warm_up()
+    except Exception:  # noqa: BLE001  (no matplotlib, a broken font: the first real picture says so)
+        pass
+
+
 class EpochReporter:
     """Writes curves, the task's best-checkpoint files and TensorBoard events for one run (see module doc)."""
 
     def __init__(self, run_dir: str | Path, *, task: Any, split: Any, dcfg: Dict[str, Any], monitor: str,
                  val_dataset: Any = None, tensorboard: bool = True, start_epoch: int = 1, every: float = 0.0,
-                 plots: bool = True, clock: Callable[[], float] = time.monotonic):
+                 plots: bool = True, graph: bool = False, clock: Callable[[], float] = time.monotonic):
         self.run_dir, self.task, self.split, self.dcfg = Path(run_dir), task, split, dcfg
         self.monitor, self.val_dataset, self.every, self.clock = monitor, val_dataset, every, clock
         self.tb = TensorBoardLogger.open(self.run_dir / "tb", tensorboard,
                                          purge_step=start_epoch if start_epoch > 1 else None)
         self._plots_ok = plots  # False: the pictures are skipped, the CSV outputs still written
+        self._graph = graph
+        self._warm: Optional[threading.Thread] = None
+        if plots:
+            self._warm = threading.Thread(target=_warm_up, name="plots-warm-up", daemon=True)
+            self._warm.start()
         self._fresh = start_epoch <= 1  # a resumed run's events already hold the graph and samples
         self._last_draw = clock()  # counted from the start: a run shorter than ``every`` draws once, at the end
         self._pending_best: Optional[tuple] = None  # (epoch, val outputs) not drawn yet
@@ -68,7 +84,8 @@ class EpochReporter:
         """TensorBoard: the model graph (where tracing works) and a few validation images."""
         if self.tb is None or not self._fresh:
             return
-        self.tb.graph(model, torch.zeros(1, *input_shape, device=device))
+        if self._graph:
+            self.tb.graph(model, torch.zeros(1, *input_shape, device=device))
         n = min(N_TB_SAMPLES, len(self.val_dataset) if self.val_dataset is not None else 0)
         if n:
             with torch.random.fork_rng(devices=[]):  # a custom eval transform must not touch the run's RNG
@@ -89,6 +106,9 @@ class EpochReporter:
 
     def draw(self) -> None:
         """Redraw curves.png and, when a new best epoch is waiting, the task's best-checkpoint files."""
+        if self._warm is not None:  # one thread draws at a time: matplotlib does not promise more
+            self._warm.join()
+            self._warm = None
         self._last_draw = self.clock()
         if self._history:
             self._safe("curves.png", lambda: plots.plot_curves(

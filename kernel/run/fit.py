@@ -69,8 +69,10 @@ def _train_epoch(p: Prepared, epoch: int, state: FitState, control: StopControl)
     _train_model(p, epoch)
     p.train_sampler.set_epoch(epoch, skip)
     lr = p.optimizer.param_groups[-1]["lr"]  # the head's group: the nominal LR
-    on_update = lambda done, snap: control.after_update(  # noqa: E731
-        epoch, done, snap, lambda e, b, s: save_position(p, state, e, b, s))
+    def on_update(done: int, snap: Any) -> bool:
+        p.saver.poll()  # the last epoch's files, written meanwhile: their callbacks here, on this thread
+        return control.after_update(epoch, done, snap, lambda e, b, s: save_position(p, state, e, b, s))
+
     tr = train_one_epoch(p.train_model, p.train_loader, p.optimizer, step_config(p, train=True),
                          meter=p.task.meter(p.split, train=True), start=(skip, partial), on_update=on_update,
                          progress=Progress(f"epoch {epoch}/{o.epochs}", o.log_every))
@@ -129,8 +131,7 @@ def fit(p: Prepared, state: FitState, reporter: EpochReporter, control: StopCont
             stale += 1
         state.history.append(row)
         state.last_epoch, state.start_epoch, state.batch, state.partial = epoch, epoch + 1, 0, None
-        save_epoch(p, state, improved)
-        control.saved(state.last_epoch, 0)
+        save_epoch(p, state, improved, done=lambda e=epoch: control.saved(e, 0))
         if world().main:
             reporter.on_epoch_end(epoch, state.history, val, improved=improved, best_epoch=state.best_epoch)
         log.info("epoch %d/%d  lr %.3g  train loss %.4f%s  val loss %.4f%s%s  %.0f img/s  %.1fs", epoch, o.epochs,

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -37,6 +37,7 @@ from ..schedule import LRSchedule, create_scheduler
 from ..tasks import Task, detect_task, get_task
 from .caching import RunCache, open_caches
 from .kfold import fold_number, plan_folds, run_root, split_for_fold
+from .saver import BackgroundSaver
 
 __all__ = ["DRY_RUN", "Prepared", "hw", "backbone_frozen", "effective_options", "as_asked", "dry_run_reductions",
            "seed_everything", "run_dir_of", "read_guard", "prepare_data", "prepare_model", "Loaders", "batch_finisher", "prepare_loaders",
@@ -73,6 +74,7 @@ class Prepared:
     cache: Optional[RunCache] = None  # the decoded-image cache (--cache), None when uncached
     val_view: Any = None        # the validation images as float tensors, for the pictures
     feed: Any = None            # another loader of these datasets -> batches as the step takes them (OOF)
+    saver: BackgroundSaver = field(default_factory=BackgroundSaver)  # end-of-epoch files, written on a thread
 
     def close_loaders(self) -> None:
         """Stop the training and validation loaders' persistent workers: the run is done with them."""
@@ -343,4 +345,6 @@ def prepare(opts: Options, new_folds: bool = False) -> Prepared:
                     train_model=None, dcfg=dcfg, train_loader=loaders.train, val_loader=loaders.val,
                     train_sampler=loaders.sampler, cache=loaders.cache,
                     val_view=loaders.val_view, feed=loaders.feed, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
-                    steps_per_epoch=spe, amp_dtype=amp_dtype, scaler=scaler, mix=mix, ema=ema)
+                    steps_per_epoch=spe, amp_dtype=amp_dtype, scaler=scaler, mix=mix, ema=ema,
+                    # several processes write before going on: they hear of each save at the same step
+                    saver=BackgroundSaver(opts.async_save and world().size == 1))

@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..report import write_metrics_csv
 from .kfold import run_name
 from .prepare import Prepared
+from .saver import cpu_copy
 
 __all__ = ["FitState", "BASE_COLUMNS", "TIME_COLUMNS", "resume_path", "resume_state", "repair_best", "carry_over",
            "save_epoch", "save_position"]
@@ -195,8 +196,11 @@ def repair_best(p: Prepared, state: FitState) -> None:
     _export(p)
 
 
-def _export(p: Prepared) -> None:
-    export_safetensors(p.ema.module if p.ema is not None else p.model, p.split.classes, p.run_dir / "model.safetensors", task=p.task.name,
+def _export(p: Prepared, weights: Any = None) -> None:
+    """model.safetensors of ``weights`` (a state dict; None: the run's model, or its EMA)."""
+    if weights is None:
+        weights = p.ema.module if p.ema is not None else p.model
+    export_safetensors(weights, p.split.classes, p.run_dir / "model.safetensors", task=p.task.name,
                        meta=p.task.export_meta(p.split), model_name=p.opts.model, in_chans=p.opts.in_chans)
 
 
@@ -212,21 +216,33 @@ def _checkpoint(p: Prepared, state: FitState, position: Optional[Dict[str, Any]]
                            ema=p.ema.module if p.ema is not None else None)
 
 
-def save_epoch(p: Prepared, state: FitState, improved: bool) -> None:
-    """At an epoch's end: last.pt; on improvement best.pt (its prediction part) and model.safetensors; metrics.csv."""
+def save_epoch(p: Prepared, state: FitState, improved: bool, done: Callable[[], None]) -> None:
+    """At an epoch's end: last.pt; on improvement best.pt (its prediction part) and model.safetensors; metrics.csv.
+
+    The checkpoint is copied now; the files are written by ``p.saver`` (:mod:`kernel.run.saver`: on a thread
+    unless ``--no-async-save``), then ``done()`` runs on this thread. Other ranks write nothing: ``done()`` now."""
     ckpt = _checkpoint(p, state, None)
     if ckpt is None:
+        done()
         return
-    save_checkpoint(ckpt, p.run_dir / "last.pt")
-    if improved:
-        save_checkpoint(prediction_checkpoint(ckpt), p.run_dir / "best.pt")
-        _export(p)
-    write_metrics_csv(state.history, (*BASE_COLUMNS, *p.task.columns, *TIME_COLUMNS), p.run_dir / "metrics.csv")
+    ckpt = cpu_copy(ckpt) if p.saver.enabled else ckpt  # the next step changes the live tensors
+    history, columns = list(state.history), (*BASE_COLUMNS, *p.task.columns, *TIME_COLUMNS)
+
+    def write() -> None:
+        save_checkpoint(ckpt, p.run_dir / "last.pt")
+        if improved:
+            save_checkpoint(prediction_checkpoint(ckpt), p.run_dir / "best.pt")
+            _export(p, ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+        write_metrics_csv(history, columns, p.run_dir / "metrics.csv")
+
+    p.saver.submit(write, done)
 
 
 def save_position(p: Prepared, state: FitState, epoch: int, batch: int,
                   snapshot: Callable[[], Dict[str, Any]]) -> None:
-    """Inside epoch ``epoch`` after ``batch`` batches: last.pt with every process's partial sums."""
+    """Inside epoch ``epoch`` after ``batch`` batches: last.pt with every process's partial sums (after the
+    end-of-epoch write in flight, which it replaces)."""
+    p.saver.wait()
     partial = gather_objects(snapshot())
     ckpt = _checkpoint(p, state, {"epoch": epoch, "batch": batch, "partial": partial})
     if ckpt is not None:
