@@ -108,11 +108,10 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
         except BaseException:
             p.saver.wait(quiet=True)  # the files in flight are finished; the error at hand is the one raised
             raise
-        else:
-            p.saver.wait()  # the last epoch's files, before anything reads them
         finally:
             p.close_loaders()  # now, not when the collector finds them: see kernel.data.loader._Loader.close
-        reporter.on_train_end()
+        reporter.on_train_end()  # the last pictures are drawn while the last epoch's files are written
+        p.saver.wait()  # those files, before anything reads them
     summary = finish(p, state, time.time() - start)
     summary["exit_code"] = StopSignals.CODES.get(signals.received, 0) if state.stopped == "signal" else 0
     stopped = state.stopped in ("time_limit", "signal")

@@ -330,3 +330,12 @@ def test_bad_settings_and_targets_raise_one_line():
         SegMeter(3, "multiclass").update(torch.randn(1, 3, 2, 2), torch.zeros(1, 2, 2))  # float class map
     errors.append(str(err.value))
     assert all("\n" not in e for e in errors) and "1 target values" in errors[4] and "ignore_index=None" in errors[4]
+
+
+def test_multiclass_predictions_are_argmaxs_ties_and_nans_included():
+    logits = torch.randn(3, 5, 7, 9, generator=torch.Generator().manual_seed(0))
+    logits[0, :, 0, 0] = 1.0  # a tie across every class: the first one
+    logits[1, 1:4, 2, 2] = 2.0
+    logits[2, 3, 4, 5] = float("nan")  # argmax takes a NaN as the maximum
+    pred = predict_labels(logits, "multiclass")
+    assert torch.equal(pred, logits.argmax(1)) and pred[0, 0, 0] == 0 and pred[1, 2, 2] == 1 and pred[2, 4, 5] == 3

@@ -58,7 +58,9 @@ def predict_labels(logits: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
     (N, C, *S) bool for multilabel."""
     _check_mode(mode)
     if mode == "multiclass":
-        return logits.argmax(1)
+        # the first maximum's index, as argmax(1); over the strided class axis of (N, C, H, W) on a CPU, argmax
+        # is about 5x slower (7.5 ms against 1.4 ms for 16 x 11 x 64 x 64 on 2 cores), and it runs every batch
+        return logits.max(1).indices
     cut = _threshold_logit(threshold)
     if mode == "binary":
         return (logits[:, 0] > cut).long()
