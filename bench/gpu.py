@@ -12,6 +12,7 @@ loading is timed); the optimizer, loss, meter and cudnn.benchmark are a real run
 
     python bench/gpu.py --json bench/gpu.json           # on a machine with a CUDA GPU
     python bench/gpu.py --device cpu --tiny             # smoke test of the code path (no figures)
+    python bench/gpu.py --fed --json bench/gpu_fed.json # the real loader feeding the GPU (bench/fed.py)
 """
 from __future__ import annotations
 
@@ -28,14 +29,15 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernel.engine import (amp_name, create_optimizer, make_scaler, param_groups, resolve_amp_dtype,  # noqa: E402
-                           train_one_epoch)
+from kernel.engine import (StepConfig, amp_name, create_optimizer, make_scaler, param_groups,  # noqa: E402
+                           resolve_amp_dtype, train_one_epoch)
 from kernel.losses import create_loss  # noqa: E402
 from kernel.models import create_model  # noqa: E402
 from kernel.models.segmentation import create_seg_model  # noqa: E402
 from kernel.paths import atomic_write  # noqa: E402
 from kernel.tasks.classify import ClassifyMeter  # noqa: E402
 from kernel.tasks.segment.metrics import SegMeter  # noqa: E402
+from cuda_check import require_cuda  # noqa: E402
 from loop_overhead import plain_epoch  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 __all__ = ["CONFIGS", "Workload", "workloads", "config_setup", "run_config", "compare_loops", "render", "main"]
@@ -136,12 +138,11 @@ def run_config(w: Workload, config: str, a: argparse.Namespace, device: torch.de
     _fresh(device)
     model, optimizer, loss_fn, pool = _setup(w, device, cl, compiled, a.opt)
     scaler = make_scaler(device, dtype)  # one per run, as a real run: warm-up settles its scale
-    kw = dict(device=device, amp_dtype=dtype, scaler=scaler, channels_last=cl)
+    cfg = StepConfig(loss_fn, device, dtype, scaler, channels_last=cl)
     model.train()
-    train_one_epoch(model, _cycle(pool, a.compile_warmup if compiled else a.warmup), optimizer, loss_fn, **kw)
+    train_one_epoch(model, _cycle(pool, a.compile_warmup if compiled else a.warmup), optimizer, cfg)
     for _ in range(a.repeats):
-        row["runs"].append(train_one_epoch(model, _cycle(pool, a.steps), optimizer, loss_fn, meter=w.meter(),
-                                           **kw)["img_per_s"])
+        row["runs"].append(train_one_epoch(model, _cycle(pool, a.steps), optimizer, cfg, meter=w.meter()).img_per_s)
     row["img_per_s"] = statistics.median(row["runs"])
     if device.type == "cuda":
         row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -168,8 +169,8 @@ def compare_loops(w: Workload, config: str, a: argparse.Namespace, device: torch
                 out["plain"].append(plain_epoch(model, batches, optimizer, loss_fn, device, dtype, scaler))
             else:
                 model.train()
-                out["ours"].append(train_one_epoch(model, batches, optimizer, loss_fn, device=device, amp_dtype=dtype,
-                                                   scaler=scaler, channels_last=cl, meter=w.meter())["img_per_s"])
+                cfg = StepConfig(loss_fn, device, dtype, scaler, channels_last=cl)
+                out["ours"].append(train_one_epoch(model, batches, optimizer, cfg, meter=w.meter()).img_per_s)
     out["ratio"] = statistics.median(out["ours"]) / statistics.median(out["plain"])
     return out
 
@@ -202,6 +203,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu only with --tiny (a smoke test)")
     p.add_argument("--tiny", action="store_true", help="tiny models, 32 px, 2 steps: checks the code path, no figures")
+    p.add_argument("--models", nargs="+", choices=["resnet50", "unet"], default=["resnet50", "unet"],
+                   help="workloads to time (both); the loop comparison is --ratio-model's either way")
     p.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS), help="configs to time (all)")
     p.add_argument("--batch-cls", type=int, default=None, help="resnet50 batch size (128; --tiny: 4)")
     p.add_argument("--batch-seg", type=int, default=None, help="U-Net batch size (32; --tiny: 2)")
@@ -250,11 +253,13 @@ def header(a: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--fed" in argv:  # the real loader feeding the model: bench/fed.py
+        from fed import main as fed_main
+
+        return fed_main([x for x in argv if x != "--fed"])
     a = parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        print("gpu.py: no CUDA device is visible (torch.cuda.is_available() is False); run it where a GPU is lent, "
-              "or smoke-test the code path with --device cpu --tiny", file=sys.stderr)
-        raise SystemExit(2)
+    require_cuda(a.device, "gpu.py", "or smoke-test the code path with --device cpu --tiny")
     if a.device == "cpu" and not a.tiny:
         print("gpu.py: --device cpu is only a smoke test; add --tiny (CPU throughput is bench/loop_overhead.py's)",
               file=sys.stderr)
@@ -263,7 +268,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(a.threads)
     torch.backends.cudnn.benchmark = True  # as kernel.run.prepare sets it for a non-deterministic run
     head, rows, ratio = header(a, device), [], None
-    work = workloads(a)
+    work = [w for w, key in zip(workloads(a), ("resnet50", "unet")) if key in a.models]
 
     def save() -> None:
         if a.json:
@@ -281,7 +286,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         config = a.ratio_config
         if config == "amp":
             config = "bf16" if resolve_amp_dtype(device, True) == torch.bfloat16 else "fp16"
-        ratio = compare_loops(work[0 if a.ratio_model == "resnet50" else 1], config, a, device)
+        ratio = compare_loops(workloads(a)[0 if a.ratio_model == "resnet50" else 1], config, a, device)
         save()
     print(render(head, rows, ratio))
 
