@@ -268,7 +268,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(a.threads)
     torch.backends.cudnn.benchmark = True  # as kernel.run.prepare sets it for a non-deterministic run
     head, rows, ratio = header(a, device), [], None
-    work = [w for w, key in zip(workloads(a), ("resnet50", "unet")) if key in a.models]
+    every = dict(zip(("resnet50", "unet"), workloads(a)))
+    work = [every[key] for key in a.models]
 
     def save() -> None:
         if a.json:
@@ -286,7 +287,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         config = a.ratio_config
         if config == "amp":
             config = "bf16" if resolve_amp_dtype(device, True) == torch.bfloat16 else "fp16"
-        ratio = compare_loops(workloads(a)[0 if a.ratio_model == "resnet50" else 1], config, a, device)
+        ratio = compare_loops(every[a.ratio_model], config, a, device)
         save()
     print(render(head, rows, ratio))
 

@@ -91,7 +91,7 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
         write_classes_json(p.split.classes, p.run_dir / "classes.json")
     reporter = EpochReporter(p.run_dir, task=p.task, split=p.split, dcfg=p.dcfg, monitor=opts.monitor,
                              val_dataset=p.val_view, tensorboard=opts.tensorboard and world().main,
-                             start_epoch=state.start_epoch, every=opts.plot_every, plots=opts.plots,
+                             start_epoch=state.start_epoch, every=opts.plot_every, plots=opts.plots and world().main,
                              graph=opts.tb_graph)
     with StopSignals() as signals:
         control = StopControl(**durations, signals=signals, start=process_start(SEAMS.clock), clock=SEAMS.clock,
