@@ -76,6 +76,16 @@ def run(opts: Options, start_over: bool = False) -> Dict[str, Any]:
         log.info("%s", dry_run_reductions(asked))
     durations = resolve_durations(opts.time_limit, opts.save_every)  # a typo fails before anything is written
     p = prepare(opts, new_folds=start_over)
+    try:
+        return _train_prepared(p, asked, opts, durations, start, start_over)
+    finally:
+        if p.cache is not None:  # its files in this process: one that trains again (k-fold, a notebook) keeps none
+            p.cache.close()
+
+
+def _train_prepared(p: Any, asked: Options, opts: Options, durations: Dict[str, Optional[float]], start: float,
+                    start_over: bool) -> Dict[str, Any]:
+    """:func:`run` from the prepared run ``p`` on: resume, fit, pictures, summary, out-of-fold and predictions."""
     state = resume_state(p)
     predict_spec, n_predict = _check_predict_section(opts)
     if world().main:

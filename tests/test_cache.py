@@ -180,3 +180,36 @@ def test_a_cache_that_does_not_fit_is_said_in_one_line_and_the_run_trains_uncach
     assert "--cache disk" in line and "--cache-limit 1e-05 GB" in line and "training uncached" in line
     assert "cache" not in json.loads((tmp_path / "small" / "summary.json").read_text())
     assert not (tmp_path / "cache").exists()
+
+
+def _open_files_under(folder: Path) -> list:
+    """Files under ``folder`` this process holds open, as file descriptors or memory maps (Linux /proc)."""
+    held = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+    with open("/proc/self/maps") as fh:
+        held += [line.split(maxsplit=5)[-1].strip() for line in fh if len(line.split()) >= 6]
+    root = os.path.realpath(folder)
+    return sorted({p for p in held if p.startswith(root + os.sep)})
+
+
+def test_a_closed_store_holds_no_file_and_still_reads_and_writes(tmp_path):
+    store = PixelStore(tmp_path / "ns")
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    store.put("a", image, None, 0.0)
+    assert np.array_equal(store.get("a")[0], image)
+    assert _open_files_under(tmp_path)  # the shard being written and its map
+    store.close()
+    assert _open_files_under(tmp_path) == []
+    store.put("b", image + 1, None, 0.0)  # opened again when needed
+    assert np.array_equal(store.get("a")[0], image) and np.array_equal(store.get("b")[0], image + 1)
+    store.close()
+    assert _open_files_under(tmp_path) == [] and store.stats()["entries"] == 2
+
+
+def test_a_cached_run_in_this_process_leaves_no_cache_file_open(jpegs, tmp_path):
+    from kernel.train import main
+
+    args = _cmd(jpegs, tmp_path, "held", "0", "--cache", "disk", "--cache-dir", str(tmp_path / "cache"),
+                "--epochs", "2")[3:]
+    assert main(args) == 0
+    assert any((tmp_path / "cache").rglob("*.bin"))  # the run did build its cache
+    assert _open_files_under(tmp_path / "cache") == []

@@ -238,6 +238,20 @@ class PixelStore:
         """Store that the files of ``key`` cannot be read, and why."""
         self._append({"k": key, "i": [[], "|u1"], "bad": reason})
 
+    def close(self) -> None:
+        """Close this process's shard files and maps (the index stays: a later read or write opens them again).
+        A run calls it when it ends, so a process that trains again (k-fold, a notebook) keeps none open."""
+        if self._writer is not None and self._writer[0] == os.getpid():
+            self._writer[1].close()
+            self._writer[2].close()
+        self._writer = None
+        maps, self._maps = self._maps, {}
+        for mapped in maps.values():
+            try:
+                mapped.close()
+            except BufferError:  # a slice still in use: the map closes with its last reader
+                pass
+
     def stats(self) -> Dict[str, Any]:
         """Entries stored (readable and bad), their bytes, and the seconds spent building them."""
         self.refresh()

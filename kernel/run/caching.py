@@ -66,6 +66,11 @@ class RunCache:
         return self.last or {"mode": self.mode, "dir": [str(st.folder) for st in self.stores.values()],
                              **self.stats()}
 
+    def close(self) -> None:
+        """Close the stores' files in this process (see :meth:`~kernel.data.cache.PixelStore.close`)."""
+        for store in self.stores.values():
+            store.close()
+
     def export(self, target: str) -> None:
         """``--cache-export DIR`` (main process): copy every store there, marked for later runs."""
         if not world().main:
