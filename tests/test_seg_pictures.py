@@ -43,9 +43,9 @@ def test_overlay_grid_places_image_truth_and_prediction_in_rows_with_white_gaps(
     rng = np.random.default_rng(2)
     pics = rng.random((2, 8, 8, 1))  # gray: shown in all three channels
     truth, pred = rng.integers(0, 3, (2, 8, 8)), rng.integers(0, 3, (2, 8, 8))
-    grid = overlay_grid(pics, truth, pred, COLORS, box=32)
+    grid, tile = overlay_grid(pics, truth, pred, COLORS, box=32)
     gy, gx = GAP
-    assert grid.shape == (2 * 32 + gy, 3 * 32 + 2 * gx, 3) and grid.dtype == np.float32
+    assert tile == (32, 32) and grid.shape == (2 * 32 + gy, 3 * 32 + 2 * gx, 3) and grid.dtype == np.float32
     for i in range(2):
         base = np.repeat(pics[i], 3, axis=-1)
         for j, want in enumerate((base, blend(base, truth[i], COLORS), blend(base, pred[i], COLORS))):
@@ -65,10 +65,11 @@ def test_plot_overlays_writes_the_grid_pixels_labels_and_legend(tmp_path):
         assert im.format == "PNG"
         arr = np.asarray(im.convert("RGB"))
     pics = (images * 0.25 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    grid = overlay_grid(pics, truth, pred, COLORS)
+    grid, (side, _) = overlay_grid(pics, truth, pred, COLORS)
     want = (grid * 255 + 0.5).astype(np.uint8)
     top, left = 52, 10  # where plot_overlays puts the grid; the IoU lines are written in the gaps below rows
-    (gy, gx), side = GAP, 16 * (256 // 16)
+    gy, gx = GAP
+    assert side == 256  # 16 px tiles grow 16 times
     for i in range(3):
         for j in range(3):
             y, x = i * (side + gy), j * (side + gx)

@@ -239,13 +239,10 @@ class PixelStore:
         self._append({"k": key, "i": [[], "|u1"], "bad": reason})
 
     def close(self) -> None:
-        """Close this process's shard files and maps (the index stays: a later read or write opens them again).
-        A run calls it when it ends, so a process that trains again (k-fold, a notebook) keeps none open."""
-        if self._writer is not None and self._writer[0] == os.getpid():
-            self._writer[1].close()
-            self._writer[2].close()
-        self._writer = None
-        maps, self._maps = self._maps, {}
+        """Close this process's shard files and maps (a run's end); a later read or write opens them again."""
+        writer, maps, self._writer, self._maps = self._writer, self._maps, None, {}
+        for fh in (writer[1:3] if writer is not None and writer[0] == os.getpid() else ()):
+            fh.close()
         for mapped in maps.values():
             try:
                 mapped.close()

@@ -61,10 +61,12 @@ def fit_tile(tile: np.ndarray, box: int) -> np.ndarray:
 
 
 def overlay_grid(pics: np.ndarray, truth: np.ndarray, pred: np.ndarray, colors: Sequence[Sequence[int]], *,
-                 ignore_index: Any = None, box: int = TILE, gap: Tuple[int, int] = GAP) -> np.ndarray:
-    """One picture of K rows (image | truth | prediction): ``pics`` (K, H, W, 3 or 1) in [0, 1], masks (K, H, W)
-    -> (K * h + (K - 1) * gap_y, 3 * w + 2 * gap_x, 3) float32 in [0, 1], white between the tiles, where (h, w)
-    is the size :func:`fit_tile` gives (H, W). The colours are blended at full resolution, then scaled."""
+                 ignore_index: Any = None, box: int = TILE,
+                 gap: Tuple[int, int] = GAP) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """One picture of K >= 1 rows (image | truth | prediction): ``pics`` (K, H, W, 3 or 1) in [0, 1], masks
+    (K, H, W) -> (grid, (h, w)): grid (K * h + (K - 1) * gap_y, 3 * w + 2 * gap_x, 3) float32 in [0, 1], white
+    between the tiles, where (h, w) is the tile size :func:`fit_tile` gives (H, W). The colours are blended at
+    full resolution, then scaled."""
     k = len(pics)
     rows = []
     for i in range(k):
@@ -78,7 +80,7 @@ def overlay_grid(pics: np.ndarray, truth: np.ndarray, pred: np.ndarray, colors: 
     for i, tiles in enumerate(rows):
         for j, t in enumerate(tiles):
             grid[i * (h + gy):i * (h + gy) + h, j * (w + gx):j * (w + gx) + w] = t
-    return grid
+    return grid, (h, w)
 
 
 def plot_overlays(images: torch.Tensor, truth: np.ndarray, pred: np.ndarray, ious: Sequence[float],
@@ -92,9 +94,8 @@ def plot_overlays(images: torch.Tensor, truth: np.ndarray, pred: np.ndarray, iou
     what a segmentation run spent on its pictures; this takes about 0.05 s."""
     from PIL import Image, ImageDraw
 
-    grid = overlay_grid(denormalize(images, mean, std), truth, pred, colors, ignore_index=ignore_index)
+    grid, (h, w) = overlay_grid(denormalize(images, mean, std), truth, pred, colors, ignore_index=ignore_index)
     k, (gy, gx) = len(images), GAP
-    h, w = (grid.shape[0] - (k - 1) * gy) // max(k, 1), (grid.shape[1] - 2 * gx) // 3
     small, normal, large = _font(11), _font(12), _font(14)
     entries = [(str(n), tuple(int(v) for v in c[:3])) for n, c in zip(classes, colors)][1:41]
     legend = (max(small.getlength(n) for n, _ in entries) + 48) if entries else 10
@@ -120,15 +121,12 @@ def plot_overlays(images: torch.Tensor, truth: np.ndarray, pred: np.ndarray, iou
 
 @functools.lru_cache(maxsize=None)
 def _font(pixels: int) -> Any:
-    """matplotlib's DejaVu Sans at ``pixels`` (the font of every other picture); PIL's own where it is missing."""
+    """DejaVu Sans, the font of every other picture, at ``pixels``, from matplotlib's font manager (no
+    matplotlib: an ImportError, which turns the pictures off as for any other picture)."""
+    from matplotlib import font_manager
     from PIL import ImageFont
 
-    try:
-        import matplotlib
-
-        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), pixels)
-    except (ImportError, OSError):
-        return ImageFont.load_default(pixels)
+    return ImageFont.truetype(font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans")), pixels)
 
 
 def write_seg_per_class_csv(per_class: Dict[str, List[float]], classes: Sequence[str], path: str | os.PathLike) -> str:
